@@ -1,0 +1,1 @@
+"""The `chex` command line: one Typer app per command group."""
