@@ -1,0 +1,1 @@
+"""ChEX model components: CLIP towers, detector, post decoder, sentence generator and tokenizers."""
