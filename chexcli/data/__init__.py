@@ -1,0 +1,1 @@
+"""Dataset preparation, image reading and caching."""

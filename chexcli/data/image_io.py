@@ -1,0 +1,362 @@
+"""Read chest X-ray images as single-channel arrays.
+
+Supported inputs:
+
+* PNG and JPEG (and any other still-image format Pillow opens), 8- or 16-bit.
+  8-bit images of any colour mode (``L``, ``RGB``, ``RGBA``, ``LA``, ``P``, ...)
+  are converted exactly as ``PIL.Image.convert("L")`` does (ITU-R 601-2 luma with
+  Pillow's integer rounding, alpha ignored), which is what the reference does, so
+  the result matches it bit for bit. 16-bit grayscale (``I;16*``, ``I``) keeps its
+  full precision. EXIF orientation is *not* applied (the reference ignores it).
+* DICOM (``.dcm``/``.dicom`` files, or any file with the ``DICM`` magic): first
+  frame, modality LUT (rescale slope/intercept), VOI LUT / windowing, min-max
+  scaling to [0, 1], inverted for ``MONOCHROME1``.
+
+Every failure (missing, unreadable, corrupt or unsupported file, missing DICOM
+decoder) raises :class:`chexcli.errors.ChexError` with a one-line message that
+starts with the path.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from chexcli.errors import ChexError
+
+__all__ = ["read_image", "read_image_uint8", "is_dicom"]
+
+_DICOM_SUFFIXES = {".dcm", ".dicom"}
+
+# Kinds returned by the internal reader.
+_U8, _U16, _FLOAT = "u8", "u16", "float"
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as grayscale float32 in [0, 1].
+
+    Args:
+        path: PNG, JPEG or DICOM file.
+
+    Returns:
+        ``np.ndarray`` float32 of shape (H, W), values in [0, 1]. 8-bit images are
+        ``convert("L")`` / 255, 16-bit images / 65535, DICOMs min-max scaled.
+
+    Raises:
+        ChexError: the file is missing, unreadable, corrupt or unsupported.
+    """
+    arr, kind = _read(Path(path))
+    if kind == _U8:
+        return arr.astype(np.float32) / 255
+    if kind == _U16:
+        return arr.astype(np.float32) / 65535
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def read_image_uint8(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as 8-bit grayscale.
+
+    Args:
+        path: PNG, JPEG or DICOM file.
+
+    Returns:
+        ``np.ndarray`` uint8 of shape (H, W). 8-bit images are exactly
+        ``convert("L")``; 16-bit images and DICOMs are rounded from [0, 1] * 255.
+
+    Raises:
+        ChexError: the file is missing, unreadable, corrupt or unsupported.
+    """
+    arr, kind = _read(Path(path))
+    if kind == _U8:
+        return np.ascontiguousarray(arr, dtype=np.uint8)
+    if kind == _U16:
+        # round(v * 255 / 65535) in exact integer arithmetic
+        return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return np.clip(np.rint(arr.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """True when ``path`` has a DICOM suffix or starts with the DICOM preamble + ``DICM``."""
+    p = Path(path)
+    return p.suffix.lower() in _DICOM_SUFFIXES or _has_dicm_magic(p)
+
+
+def _has_dicm_magic(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line (no newlines, bounded length)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ChexError(f"{path}: file not found")
+    if path.is_dir():
+        raise ChexError(f"{path}: is a directory, not an image file")
+    try:
+        with open(path, "rb") as f:
+            first = f.read(1)
+    except PermissionError:
+        raise ChexError(f"{path}: cannot read the file (permission denied)") from None
+    except OSError as e:
+        raise ChexError(f"{path}: cannot read the file ({_one_line(e)})") from None
+    if not first:
+        raise ChexError(f"{path}: the file is empty")
+
+
+def _read(path: Path) -> tuple[np.ndarray, str]:
+    """Return (array (H, W), kind) with kind u8 (uint8), u16 (uint16) or float ([0, 1])."""
+    _check_file(path)
+    if is_dicom(path):
+        return _read_dicom(path), _FLOAT
+    return _read_pil(path)
+
+
+# --------------------------------------------------------------------------- PIL
+
+
+def _read_pil(path: Path) -> tuple[np.ndarray, str]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _pil_to_array(im, path)
+    except ChexError:
+        raise
+    except UnidentifiedImageError:
+        raise ChexError(
+            f"{path}: not a recognised image file (supported: PNG, JPEG, DICOM)"
+        ) from None
+    except Image.DecompressionBombError as e:
+        raise ChexError(f"{path}: image is too large to read safely ({_one_line(e)})") from None
+    except MemoryError:
+        raise ChexError(f"{path}: not enough memory to read the image") from None
+    except Exception as e:  # any decoder failure: truncated / corrupt data
+        raise ChexError(f"{path}: corrupt or truncated image file ({_one_line(e)})") from None
+
+
+def _pil_to_array(im, path: Path) -> tuple[np.ndarray, str]:
+    mode = im.mode
+    if mode == "L":
+        return np.array(im, dtype=np.uint8), _U8
+    if mode.startswith("I;16"):
+        return np.array(im).astype(np.uint16), _U16
+    if mode == "I":
+        arr = np.array(im)
+        if arr.size and arr.min() >= 0 and arr.max() <= 65535:
+            return arr.astype(np.uint16), _U16
+        return _minmax(arr.astype(np.float64)), _FLOAT
+    if mode == "F":
+        arr = np.array(im, dtype=np.float64)
+        if not np.all(np.isfinite(arr)):
+            raise ChexError(f"{path}: floating-point image contains NaN or infinite values")
+        if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+            return arr.astype(np.float32), _FLOAT
+        return _minmax(arr), _FLOAT
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gray = im.convert("L")
+    except ValueError as e:
+        raise ChexError(
+            f"{path}: unsupported image mode {mode!r} ({_one_line(e)})"
+        ) from None
+    return np.array(gray, dtype=np.uint8), _U8
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    """Min-max scale to float32 [0, 1] (all zeros for a constant image)."""
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.float32)
+    return ((arr - lo) / (hi - lo)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- DICOM
+
+# transfer syntax UID -> pip packages that provide a decoder
+_DICOM_DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg pylibjpeg-libjpeg",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "pylibjpeg pylibjpeg-libjpeg",  # JPEG extended
+    "1.2.840.10008.1.2.4.57": "pylibjpeg pylibjpeg-libjpeg",  # JPEG lossless
+    "1.2.840.10008.1.2.4.70": "pylibjpeg pylibjpeg-libjpeg",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80": "pylibjpeg pylibjpeg-libjpeg",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "pylibjpeg pylibjpeg-libjpeg",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": "pylibjpeg pylibjpeg-openjpeg",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": "pylibjpeg pylibjpeg-openjpeg",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K lossless
+    "1.2.840.10008.1.2.4.202": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K lossless RPCL
+    "1.2.840.10008.1.2.4.203": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K
+    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",  # RLE lossless
+}
+
+
+def _decoder_error(path: Path, tsuid) -> ChexError:
+    pkgs = _DICOM_DECODER_PACKAGES.get(str(tsuid), "python-gdcm")
+    name = getattr(tsuid, "name", "") or str(tsuid)
+    return ChexError(
+        f"{path}: cannot decode the DICOM pixel data ({name}, transfer syntax {tsuid}):"
+        f" no decoder is installed; install one with: pip install {pkgs}"
+    )
+
+
+def _looks_like_missing_decoder(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, NotImplementedError) or any(
+        key in text
+        for key in ("missing", "dependenc", "plugin", "handler", "not supported", "no pixel data handler")
+    )
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    try:
+        import pydicom
+    except ImportError:  # pragma: no cover - pydicom is a dependency
+        raise ChexError(f"{path}: reading DICOM files needs pydicom: pip install pydicom") from None
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as e:
+        raise ChexError(f"{path}: not a readable DICOM file ({_one_line(e)})") from None
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if not _has_dicm_magic(path) and "SOPClassUID" not in ds:
+            raise ChexError(f"{path}: not a valid DICOM file (no DICM header, no image data)")
+        raise ChexError(f"{path}: the DICOM file has no pixel data (not an image)")
+
+    meta = getattr(ds, "file_meta", None)
+    tsuid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    compressed = bool(tsuid is not None and getattr(tsuid, "is_compressed", False))
+    if compressed:
+        try:  # pydicom >= 3: ask up front whether a decoder plugin is usable
+            from pydicom.pixels import get_decoder
+
+            try:
+                decoder = get_decoder(tsuid)
+            except NotImplementedError:
+                decoder = None
+            if decoder is None or not decoder.is_available:
+                raise _decoder_error(path, tsuid)
+        except ImportError:  # pragma: no cover - pydicom 2.x
+            pass
+
+    try:
+        arr = _first_frame(ds)
+    except ChexError:
+        raise
+    except MemoryError:
+        raise ChexError(f"{path}: not enough memory to decode the DICOM pixel data") from None
+    except Exception as e:
+        if compressed and _looks_like_missing_decoder(e):
+            raise _decoder_error(path, tsuid) from None
+        raise ChexError(
+            f"{path}: cannot decode the DICOM pixel data ({_one_line(e)})"
+        ) from None
+
+    try:
+        return _dicom_to_unit(arr, ds)
+    except ChexError:
+        raise
+    except Exception as e:
+        raise ChexError(
+            f"{path}: cannot apply the DICOM intensity transforms ({_one_line(e)})"
+        ) from None
+
+
+def _first_frame(ds) -> np.ndarray:
+    """Decoded pixel array of the first frame: (rows, cols) or (rows, cols, samples)."""
+    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    try:
+        from pydicom.pixels import pixel_array  # pydicom >= 3
+    except ImportError:  # pragma: no cover - pydicom 2.x
+        arr = ds.pixel_array
+        return arr[0] if n_frames > 1 else arr
+    arr = pixel_array(ds, index=0) if n_frames > 1 else pixel_array(ds)
+    return arr
+
+
+def _lut_functions():
+    try:
+        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+    except ImportError:  # pragma: no cover - pydicom 2.x
+        from pydicom.pixel_data_handlers.util import (
+            apply_color_lut,
+            apply_modality_lut,
+            apply_voi_lut,
+        )
+    return apply_modality_lut, apply_voi_lut, apply_color_lut
+
+
+def _frame_attributes(ds):
+    """A dataset view with frame-0 rescale / window values of an enhanced multi-frame file.
+
+    Enhanced (multi-frame) objects keep RescaleSlope/Intercept and WindowCenter/Width in
+    the shared or per-frame functional groups instead of the top level.
+    """
+    from pydicom.dataset import Dataset
+
+    wanted = {
+        "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
+        "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),
+    }
+    found = {}
+    for groups_name in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        groups = getattr(ds, groups_name, None)
+        if not groups:
+            continue
+        group = groups[0]
+        for seq_name, keys in wanted.items():
+            seq = getattr(group, seq_name, None)
+            if not seq:
+                continue
+            for key in keys:
+                if key in seq[0] and key not in found:
+                    found[key] = seq[0][key].value
+    if not found or any(k in ds for k in ("RescaleSlope", "WindowCenter")):
+        return ds
+    view = Dataset()
+    for elem in ds:
+        if elem.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            view.add(elem)
+    for key, value in found.items():
+        setattr(view, key, value)
+    return view
+
+
+def _dicom_to_unit(arr: np.ndarray, ds) -> np.ndarray:
+    """Modality LUT, VOI LUT, min-max to [0, 1], MONOCHROME1 inversion -> float32 (H, W)."""
+    apply_modality_lut, apply_voi_lut, apply_color_lut = _lut_functions()
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        samples = arr.shape[-1] if arr.ndim == 3 else 1
+    if samples > 1 or arr.ndim == 3:
+        rgb = arr.astype(np.float64)[..., :3]
+        gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+        return _minmax(gray)
+
+    view = _frame_attributes(ds)
+    out = apply_modality_lut(arr, view)
+    out = apply_voi_lut(out, view)
+    out = np.asarray(out, dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("pixel data contains NaN or infinite values")
+    unit = _minmax(out)
+    if photometric == "MONOCHROME1":
+        unit = (1.0 - unit).astype(np.float32)
+    return unit
