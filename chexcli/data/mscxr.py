@@ -1,0 +1,52 @@
+"""MS-CXR 0.1: phrase-grounding boxes on MIMIC-CXR-JPG images (DATASETS.md section 7).
+
+Processed table ``ms_cxr.csv`` (index ``dicom_id``): ``clsbbox`` = JSON list of
+``[x, y, x + w, y + h, "mscxr/<category_name>"]`` (original pixels, rows in file order),
+``clsbboxphrases`` = JSON list of the ``label_text`` of each box (verbatim).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from chexcli.data.common import source_digests, write_csv
+from chexcli.errors import ChexError
+
+CSV_NAME = "MS_CXR_Local_Alignment_v1.0.0.csv"
+TABLE = "ms_cxr.csv"
+
+
+def find_csv(raw: Path) -> Path:
+    raw = Path(raw)
+    if (raw / CSV_NAME).is_file():
+        return raw / CSV_NAME
+    hits = sorted(raw.glob(f"**/{CSV_NAME}"))
+    if not hits:
+        raise ChexError(f"{CSV_NAME} not found below {raw}; run `chex data fetch ms-cxr` "
+                        "or point --raw at the MS-CXR release folder")
+    return hits[0]
+
+
+def prepare_mscxr(raw: Path, out: Path) -> dict:
+    path = find_csv(raw)
+    df = pd.read_csv(path, dtype={"dicom_id": str, "category_name": str, "label_text": str})
+    missing = {"dicom_id", "category_name", "label_text", "x", "y", "w", "h"} - set(df.columns)
+    if missing:
+        raise ChexError(f"{path} lacks the column(s) {sorted(missing)}; is this the MS-CXR 0.1 release?")
+    boxes: dict[str, list] = {}
+    phrases: dict[str, list] = {}
+    for r in df.itertuples(index=False):
+        x, y, w, h = float(r.x), float(r.y), float(r.w), float(r.h)
+        boxes.setdefault(r.dicom_id, []).append([x, y, x + w, y + h, f"mscxr/{r.category_name}"])
+        phrases.setdefault(r.dicom_id, []).append(r.label_text)
+    table = pd.DataFrame({
+        "dicom_id": list(boxes),
+        "clsbbox": [json.dumps(b) for b in boxes.values()],
+        "clsbboxphrases": [json.dumps(p, ensure_ascii=False) for p in phrases.values()],
+    }).set_index("dicom_id")
+    write_csv(Path(out) / TABLE, table)
+    return {"raw": str(path.parent), "source_digests": source_digests(path.parent, [path]),
+            "boxes": int(len(df)), "images": int(len(table))}

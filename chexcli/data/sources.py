@@ -1,0 +1,73 @@
+"""The six raw sources: where they come from, where they go, what prepares them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chexcli.errors import ChexError
+
+PHYSIONET = "https://physionet.org"
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    title: str
+    host: str  # "physionet" or "kaggle"
+    project: str  # PhysioNet slug / Kaggle dataset ref
+    version: str
+    raw_dir: str  # relative to the data root
+    processed_dir: str  # relative to the data root
+    default_include: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def agreement_page(self) -> str:
+        if self.host == "kaggle":
+            return f"https://www.kaggle.com/datasets/{self.project}"
+        return f"{PHYSIONET}/content/{self.project}/{self.version}/"
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in [
+    Source("mimic-cxr-jpg", "MIMIC-CXR-JPG 2.0.0", "physionet", "mimic-cxr-jpg", "2.0.0",
+           "MIMIC-CXR/mimic-cxr-jpg_2-0-0", "MIMIC-CXR/processed"),
+    Source("mimic-cxr", "MIMIC-CXR 2.0.0 (reports)", "physionet", "mimic-cxr", "2.0.0",
+           "MIMIC-CXR/mimic-cxr_2-0-0", "MIMIC-CXR/processed",
+           default_include=("mimic-cxr-reports.zip", "*.csv.gz", "LICENSE.txt")),
+    Source("chest-imagenome", "Chest ImaGenome 1.0.0", "physionet", "chest-imagenome", "1.0.0",
+           "MIMIC-CXR/chest-imagenome-dataset-1.0.0", "MIMIC-CXR/processed",
+           default_include=("silver_dataset/*", "LICENSE.txt", "README*")),
+    Source("ms-cxr", "MS-CXR 0.1", "physionet", "ms-cxr", "0.1",
+           "MIMIC-CXR/ms-cxr_0-1", "MIMIC-CXR/processed"),
+    Source("vindr-cxr", "VinDr-CXR 1.0.0", "physionet", "vindr-cxr", "1.0.0",
+           "vindr-cxr", "vindr-cxr/processed"),
+    Source("nih-cxr14", "NIH ChestX-ray14", "kaggle", "nih-chest-xrays/data", "",
+           "CXR8", "CXR8/processed"),
+]}
+
+MIMIC_PARTS = ("mimic-cxr-jpg", "mimic-cxr", "chest-imagenome", "ms-cxr")
+PREPARE_NAMES = ("mimic",) + tuple(SOURCES)
+
+
+def data_root() -> Path:
+    root = os.environ.get("CHEX_DATA_DIR") or os.environ.get("DATA_DIR") or "~/datasets"
+    return Path(root).expanduser()
+
+
+def get_source(name: str) -> Source:
+    if name not in SOURCES:
+        raise ChexError(f"unknown dataset {name!r}; choose one of: {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
+def default_raw(name: str) -> Path:
+    if name == "mimic":
+        return data_root() / "MIMIC-CXR"
+    return data_root() / get_source(name).raw_dir
+
+
+def default_out(name: str) -> Path:
+    if name == "mimic":
+        return data_root() / SOURCES["mimic-cxr-jpg"].processed_dir
+    return data_root() / get_source(name).processed_dir
