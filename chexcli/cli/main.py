@@ -25,6 +25,7 @@ app = typer.Typer(
 def _register() -> None:
     """Attach the command groups (imported lazily so `chex --help` stays fast)."""
     # Each group module adds itself here with one line.
+    from chexcli.cli import data; app.add_typer(data.app, name="data")  # noqa: E702
     pass
 
 

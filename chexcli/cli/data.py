@@ -1,0 +1,105 @@
+"""`chex data`: fetch raw datasets, prepare processed folders, show what a folder holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(help="Fetch, prepare and inspect the datasets.", no_args_is_help=True)
+
+
+@app.command()
+def fetch(
+    name: str = typer.Argument(..., help="mimic-cxr-jpg, mimic-cxr, chest-imagenome, ms-cxr, vindr-cxr or nih-cxr14"),
+    to: Optional[Path] = typer.Option(None, "--to", help="target folder (default: $CHEX_DATA_DIR/<dataset folder>)"),
+    workers: int = typer.Option(4, "--workers", min=1, help="parallel downloads"),
+    include: Optional[List[str]] = typer.Option(None, "--include", help="only files matching this glob (repeatable)"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="server root (default https://physionet.org or https://www.kaggle.com)"),
+    retries: int = typer.Option(5, "--retries", min=0, help="retries per file on network errors"),
+) -> None:
+    """Download a raw dataset, resumably, and verify every file.
+
+    PhysioNet credentials come from PHYSIONET_USER / PHYSIONET_PASSWORD, a netrc entry or a
+    prompt; Kaggle credentials from KAGGLE_USERNAME / KAGGLE_KEY or ~/.kaggle/kaggle.json.
+
+    Example: chex data fetch mimic-cxr --include 'mimic-cxr-reports.zip' --to ~/datasets/MIMIC-CXR/mimic-cxr_2-0-0
+    """
+    from chexcli.data.fetch import fetch as do_fetch
+    from chexcli.data.sources import default_raw
+    from chexcli.errors import ChexError
+
+    dest = to or default_raw(name)
+    rep = do_fetch(name, dest, workers=workers, include=include, base_url=base_url, retries=retries)
+    typer.echo(f"{name}: {len(rep.downloaded)} downloaded, {len(rep.skipped)} already verified, "
+               f"{len(rep.failed)} failed -> {dest}", err=True)
+    for rel, why in rep.failed[:20]:
+        typer.echo(f"  failed: {rel}: {why}", err=True)
+    if rep.failed:
+        raise ChexError(f"{len(rep.failed)} file(s) could not be fetched; run the same command again "
+                        "to resume", exit_code=1)
+
+
+@app.command()
+def prepare(
+    name: str = typer.Argument(..., help="mimic (all four MIMIC sources), mimic-cxr-jpg, mimic-cxr, chest-imagenome, ms-cxr, vindr-cxr or nih-cxr14"),
+    raw: Optional[Path] = typer.Option(None, "--raw", help="raw folder (default: $CHEX_DATA_DIR/<dataset folder>)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="processed folder (default: $CHEX_DATA_DIR/<dataset>/processed)"),
+    workers: int = typer.Option(2, "--workers", min=1, help="worker processes"),
+    size: int = typer.Option(256, "--cache-size", help="image cache side: 256 (models up to 256 px) or 512"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
+) -> None:
+    """Turn raw downloads into a processed folder (tables, uint8 image cache, manifest).
+
+    Resumable: rerun the same command after an interruption. Exit code 1 if an image
+    could not be read (listed in skipped_images.csv), 0 otherwise.
+
+    Example: chex data prepare mimic --raw ~/datasets/MIMIC-CXR --out ~/datasets/MIMIC-CXR/processed --workers 8
+    """
+    from chexcli.data.prepare import prepare as do_prepare
+    from chexcli.data.sources import PREPARE_NAMES, default_out, default_raw
+    from chexcli.errors import ChexError
+
+    if name not in PREPARE_NAMES:
+        raise ChexError(f"unknown dataset {name!r}; choose one of: {', '.join(PREPARE_NAMES)}")
+    if size not in (256, 512):
+        raise ChexError("--cache-size must be 256 or 512")
+    res = do_prepare(name, raw or default_raw(name), out or default_out(name), workers=workers,
+                     side=size)
+    for m in res.messages:
+        typer.echo(m, err=True)
+    if as_json:
+        typer.echo(json.dumps({"out": str(res.out), "skipped": res.skipped, "datasets": res.datasets}, indent=1))
+    else:
+        for ds, s in res.datasets.items():
+            typer.echo(f"{ds}: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()), err=True)
+        typer.echo(f"prepared {name} -> {res.out}", err=True)
+    if res.skipped:
+        raise ChexError(f"{res.skipped} image(s) could not be read and were skipped; see "
+                        f"{res.skipped_file}", exit_code=1)
+
+
+@app.command()
+def info(
+    folder: Path = typer.Argument(..., help="a processed folder"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON on stdout"),
+) -> None:
+    """Show schema version, counts per split and class, image cache size, completeness.
+
+    Exit code 1 if the folder is incomplete.
+
+    Example: chex data info ~/datasets/MIMIC-CXR/processed
+    """
+    from rich.console import Console
+
+    from chexcli.data.info import folder_info, render_info
+
+    inf = folder_info(folder)
+    if as_json:
+        typer.echo(json.dumps(inf, indent=1))
+    else:
+        render_info(inf, Console())
+    if not inf["complete"]:
+        raise typer.Exit(1)
