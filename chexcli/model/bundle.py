@@ -1,0 +1,162 @@
+"""Model bundles: a folder with everything a ChEX model needs, loaded without pickle or network.
+
+    BUNDLE/
+      config.json          format, model configuration, prompt data, provenance
+      model.safetensors    every tensor (the tied GPT-2 output head is stored once)
+      clip_tokenizer/      CLIP BPE vocabulary of the prompt encoder
+      gpt2_tokenizer/      tokenizer files of the sentence generator
+
+A bundle is written into a temporary sibling folder and renamed into place,
+so an interrupted save never leaves a half bundle under the final name.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from chexcli.errors import ChexError
+from chexcli.model.chex import ChEX
+from chexcli.model.clip_tokenizer import ClipTokenizer
+from chexcli.model.config import ChexConfig
+from chexcli.model.gpt2_text import decode_generated, load_gpt2_tokenizer
+
+FORMAT = "chexcli-bundle"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CLIP_DIR = "clip_tokenizer"
+GPT2_DIR = "gpt2_tokenizer"
+
+
+def default_prompts() -> dict[str, Any]:
+    """The packaged prompt and name data (prompts_and_names.yaml)."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "prompts_and_names.yaml"
+    return yaml.safe_load(path.read_text())
+
+
+def save_bundle(model: ChEX, folder: str | Path, provenance: dict[str, Any] | None = None,
+                overwrite: bool = False) -> Path:
+    """Write `model` (with its tokenizers) as a bundle folder; returns the folder."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise ChexError(f"{folder} already exists and is not empty; choose another --out or remove it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": model.cfg.to_dict(),
+            "prompts": model.prompts,
+            "provenance": {"saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                           **(provenance or {})},
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        save_file(_unique_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        if model.txt_encoder.tokenizer is not None:
+            model.txt_encoder.tokenizer.save(tmp / CLIP_DIR)
+        gpt2_tok = getattr(model, "gpt2_tokenizer", None)
+        if gpt2_tok is not None:
+            gpt2_tok.save_pretrained(str(tmp / GPT2_DIR))
+        for path in [tmp, *tmp.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _unique_state_dict(model: ChEX) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def read_bundle_config(folder: str | Path) -> dict[str, Any]:
+    """Parse and check config.json of a bundle (one-line ChexError when it is not a bundle)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ChexError(f"model bundle {folder} does not exist; create one with `chex weights import`")
+    path = folder / CONFIG_FILE
+    if not folder.is_dir() or not path.is_file():
+        raise ChexError(f"{folder} is not a model bundle (no {CONFIG_FILE}); create one with `chex weights import`")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ChexError(f"{path} is not valid JSON ({err.msg if hasattr(err, 'msg') else err}); re-create the bundle") from None
+    if config.get("format") != FORMAT:
+        raise ChexError(f"{path} is not a chexcli bundle config (format {config.get('format')!r})")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ChexError(f"bundle format {config['format_version']} is newer than this chexcli understands; upgrade chexcli")
+    return config
+
+
+def load_bundle(folder: str | Path, device: str | torch.device = "cpu") -> ChEX:
+    """Load a bundle into a ChEX model in eval mode on `device`."""
+    folder = Path(folder)
+    config = read_bundle_config(folder)
+    try:
+        cfg = ChexConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ChexError(f"{folder / CONFIG_FILE}: invalid model configuration ({err})") from None
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ChexError(f"{folder} has no {WEIGHTS_FILE}; the bundle is incomplete, re-create it")
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ChexError(f"{weights} is unreadable or truncated ({str(err).splitlines()[0]}); re-create the bundle") from None
+
+    clip_tok = ClipTokenizer.load(folder / CLIP_DIR) if (folder / CLIP_DIR).is_dir() else None
+    gpt2_tok = load_gpt2_tokenizer(folder / GPT2_DIR) if (folder / GPT2_DIR).is_dir() else None
+    with torch.device("meta"):
+        model = ChEX(cfg, clip_tok, prompts=config.get("prompts") or {})
+    load_weights(model, state, source=str(weights))
+    model.to(device)
+    attach_gpt2_tokenizer(model, gpt2_tok)
+    model.provenance = config.get("provenance", {})
+    return model.eval()
+
+
+def attach_gpt2_tokenizer(model: ChEX, tokenizer) -> None:
+    model.gpt2_tokenizer = tokenizer
+    model.decode = None if tokenizer is None else partial(decode_generated, tokenizer)
+
+
+def load_weights(model: ChEX, state: dict[str, torch.Tensor], source: str) -> None:
+    """Assign `state` to a (possibly meta-device) model after checking every key and shape."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}" + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else ""))
+        raise ChexError(f"{source} does not match its configuration: {'; '.join(parts)}")
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise ChexError(f"{source}: {key} has shape {tuple(state[key].shape)}, the configuration needs {tuple(tensor.shape)}")
+    model.load_state_dict(state, strict=True, assign=True)
+    _rebuild_buffers(model)
+
+
+def _rebuild_buffers(model: ChEX) -> None:
+    """Non-persistent buffers are not in the state dict: recreate them on the weights' device."""
+    text = model.txt_encoder
+    length = text.cfg.context_length
+    text.causal_mask = torch.ones(length, length, dtype=torch.bool, device=text.token_embedding.weight.device).tril()

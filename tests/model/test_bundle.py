@@ -1,0 +1,72 @@
+"""Bundle save/load: identical outputs, and one-line errors for broken bundles."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from chexcli.errors import ChexError
+from chexcli.model.bundle import CONFIG_FILE, WEIGHTS_FILE, load_bundle, read_bundle_config, save_bundle
+
+
+@torch.inference_mode()
+def _outputs(model):
+    torch.manual_seed(5)
+    x = torch.randn(1, 224, 224)
+    prompts = model.encode_sentences(["left lung opacity"])
+    det = model.detect_prompts(x, prompts)
+    return det.boxes, det.box_features, model.generate_sentences(det.box_features, max_new_tokens=6)
+
+
+def test_round_trip_gives_identical_outputs(tiny_model, tmp_path):
+    folder = save_bundle(tiny_model, tmp_path / "b", provenance={"source": "test"})
+    loaded = load_bundle(folder)
+    a, b = _outputs(tiny_model), _outputs(loaded)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    config = read_bundle_config(folder)
+    assert config["provenance"]["source"] == "test"
+    assert "cig_anat_synonym" in config["prompts"]["prompt_sets"]
+    assert (folder / "clip_tokenizer").is_dir() and (folder / "gpt2_tokenizer").is_dir()
+
+
+def test_save_refuses_to_overwrite(tiny_model, tiny_bundle):
+    with pytest.raises(ChexError, match="already exists"):
+        save_bundle(tiny_model, tiny_bundle)
+
+
+def test_missing_bundle(tmp_path):
+    with pytest.raises(ChexError, match="does not exist"):
+        load_bundle(tmp_path / "nope")
+    with pytest.raises(ChexError, match="not a model bundle"):
+        load_bundle(tmp_path)
+
+
+def test_truncated_weights(tiny_bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    data = (broken / WEIGHTS_FILE).read_bytes()
+    (broken / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ChexError, match="truncated"):
+        load_bundle(broken)
+    (broken / WEIGHTS_FILE).unlink()
+    with pytest.raises(ChexError, match="incomplete"):
+        load_bundle(broken)
+
+
+def test_mismatched_configuration(tiny_bundle, tmp_path):
+    broken = tmp_path / "mismatch"
+    shutil.copytree(tiny_bundle, broken)
+    config = json.loads((broken / CONFIG_FILE).read_text())
+    config["model"]["detector"]["n_decoder_layers"] = 3
+    (broken / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ChexError, match="missing detector.decoder.decoder_layers.2"):
+        load_bundle(broken)
+    config["model"]["d_model"] = 48
+    config["model"]["detector"]["n_decoder_layers"] = 2
+    (broken / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ChexError, match="shape"):
+        load_bundle(broken)
+    (broken / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(ChexError, match="not valid JSON"):
+        load_bundle(broken)
