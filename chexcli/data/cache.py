@@ -138,9 +138,16 @@ def _worker_task(task: tuple[int, str]) -> tuple[int, int, int, str]:
         _W["arr"][i] = img
         return i, h, w, ""
     except ChexError as err:
-        return i, -1, -1, str(err)
+        return i, -1, -1, _one_line(str(err))
     except Exception as err:  # noqa: BLE001 - an unreadable image is reported, not fatal
-        return i, -1, -1, f"{type(err).__name__}: {err}".replace("\n", " ")[:300]
+        return i, -1, -1, _one_line(f"{type(err).__name__}: {err}")[:300]
+
+
+def _one_line(msg: str) -> str:
+    import re
+
+    msg = re.sub(r"<[^<>]* object at 0x[0-9a-f]+>", "data", msg)
+    return " ".join(msg.split())
 
 
 def build_cache(out_dir: Path, sample_ids: Sequence[str], paths: Sequence[str], side: int = 256,

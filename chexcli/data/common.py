@@ -190,6 +190,7 @@ def dataset_summary(df: pd.DataFrame, label_cols: list[str] | None = None,
                 d = classes.setdefault(f"boxes/{box[4]}", {})
                 s = SPLITS.get(split, split)
                 d[s] = d.get(s, 0) + 1
+    classes = {k: v for k, v in classes.items() if v}
     if classes:
         summary["classes"] = classes
     return summary

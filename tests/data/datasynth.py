@@ -187,3 +187,133 @@ def make_mscxr(root: Path) -> Path:
     sub.mkdir(parents=True, exist_ok=True)
     df.to_csv(sub / "MS_CXR_Local_Alignment_v1.0.0.csv", index=False)
     return root
+
+
+# ----------------------------------------------------------------------------- VinDr-CXR
+def write_dicom(path: Path, arr: np.ndarray, photometric: str = "MONOCHROME2",
+                transfer_syntax: str | None = None, raw_pixel_bytes: bytes | None = None) -> None:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    bits = 8 if arr.dtype == np.uint8 else 16
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits if bits == 8 else 12
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    if raw_pixel_bytes is not None:
+        from pydicom.encaps import encapsulate
+
+        ds.PixelData = encapsulate([raw_pixel_bytes])
+        ds["PixelData"].VR = "OB"
+    else:
+        ds.PixelData = arr.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+VINDR_IDS = [f"{i:032x}" for i in (0xA1, 0xA2, 0xB1, 0xB2, 0xB3, 0xB4)]  # 2 train, 4 test
+
+
+def make_vindr(root: Path, compressed_bad: bool = True) -> tuple[Path, dict]:
+    from chexcli.data.names import VINDR_LABELS
+
+    rel = root / "vindr-cxr" / "1.0.0"
+    ann = rel / "annotations"
+    ann.mkdir(parents=True, exist_ok=True)
+    t1, t2 = VINDR_IDS[:2]
+    # training: 3 radiologists; t1: two overlapping Cardiomegaly boxes (fused), one Nodule (kept)
+    rows = [
+        (t1, "R1", "Cardiomegaly", 100, 200, 300, 260),
+        (t1, "R2", "Cardiomegaly", 110, 210, 310, 270),
+        (t1, "R3", "Nodule/Mass", 20, 30, 40, 50),
+        (t1, "R3", "Aortic enlargement", 500, 500, 520, 520),
+        (t1, "R1", "Aortic enlargement", 10, 10, 12, 12),  # no overlap -> two clusters
+        (t2, "R1", "No finding", None, None, None, None),
+        (t2, "R2", "No finding", None, None, None, None),
+        (t2, "R3", "No finding", None, None, None, None),
+    ]
+    cols = ["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
+    pd.DataFrame(rows, columns=cols).to_csv(ann / "annotations_train.csv", index=False)
+    test_rows = [(i, "No finding", None, None, None, None) for i in VINDR_IDS[2:]]
+    test_rows[0] = (VINDR_IDS[2], "Pleural effusion", 5.0, 6.0, 50.0, 60.0)
+    pd.DataFrame(test_rows, columns=["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]).to_csv(
+        ann / "annotations_test.csv", index=False)
+    train_cols = [c if c != "Other disease" else "Other diseases" for c in VINDR_LABELS]
+    lab = []
+    for i, rad in [(t1, "R1"), (t1, "R2"), (t1, "R3"), (t2, "R1"), (t2, "R2"), (t2, "R3")]:
+        v = dict.fromkeys(train_cols, 0)
+        if i == t1:
+            v["Cardiomegaly"] = 1 if rad in ("R1", "R2") else 0  # majority 1
+            v["Nodule/Mass"] = 1 if rad == "R3" else 0  # majority 0
+        else:
+            v["No finding"] = 1
+        lab.append({"image_id": i, "rad_id": rad, **v})
+    # the test file has its columns in another order (quirk 14: compared as sets)
+    pd.DataFrame(lab)[["image_id", "rad_id"] + train_cols].to_csv(ann / "image_labels_train.csv", index=False)
+    tl = []
+    for i in VINDR_IDS[2:]:
+        v = dict.fromkeys(VINDR_LABELS, 0)
+        v["Pleural effusion" if i == VINDR_IDS[2] else "No finding"] = 1
+        tl.append({"image_id": i, **v})
+    pd.DataFrame(tl)[["image_id"] + VINDR_LABELS[::-1]].to_csv(ann / "image_labels_test.csv", index=False)
+    # images: t1 16-bit MONOCHROME1 (H=300, W=200); t2 8-bit; test 16-bit; one JPEG 2000 without decoder
+    rng = np.random.default_rng(0)
+    arrs = {}
+    arrs[t1] = (np.arange(300 * 200).reshape(300, 200) % 4096).astype(np.uint16)
+    write_dicom(rel / "train" / f"{t1}.dicom", arrs[t1], photometric="MONOCHROME1")
+    arrs[t2] = rng.integers(0, 256, (240, 260), dtype=np.uint8)
+    write_dicom(rel / "train" / f"{t2}.dicom", arrs[t2])
+    for i in VINDR_IDS[2:]:
+        arrs[i] = rng.integers(0, 4096, (256, 256)).astype(np.uint16)
+        if i == VINDR_IDS[5] and compressed_bad:
+            write_dicom(rel / "test" / f"{i}.dicom", arrs[i], transfer_syntax="1.2.840.10008.1.2.4.90",
+                        raw_pixel_bytes=b"\xff\x4f\xff\x51not-really-j2k")
+        else:
+            write_dicom(rel / "test" / f"{i}.dicom", arrs[i])
+    return root, arrs
+
+
+# ----------------------------------------------------------------------------- NIH
+NIH_BOX_ROWS = [  # image, label, x, y, w, h
+    ("00000001_000.png", "Atelectasis", 10.0, 20.0, 30.0, 40.0),
+    ("00000001_000.png", "Infiltrate", 100.0, 100.0, 50.0, 50.0),
+    ("00000002_000.png", "Mass", 5.0, 5.0, 10.0, 10.0),
+    ("00000002_001.png", "Nodule", 15.0, 25.0, 10.0, 10.0),
+    ("00000003_000.png", "Effusion", 0.0, 0.0, 64.0, 64.0),
+    ("00000004_000.png", "Pneumothorax", 1.0, 2.0, 3.0, 4.0),
+]
+NIH_ENTRIES = {
+    "00000001_000.png": "Atelectasis|Infiltration", "00000002_000.png": "Mass",
+    "00000002_001.png": "Nodule", "00000003_000.png": "Effusion", "00000004_000.png": "Pneumothorax",
+    "00000005_000.png": "No Finding", "00000006_000.png": "Hernia", "00000007_000.png": "Edema|Effusion",
+}
+
+
+def make_nih(root: Path, kaggle_layout: bool = True, size: int = 128) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    ent = pd.DataFrame({"Image Index": list(NIH_ENTRIES), "Finding Labels": list(NIH_ENTRIES.values()),
+                        "Follow-up #": 0, "Patient ID": 1, "Patient Age": 50, "Patient Gender": "M",
+                        "View Position": "PA", "OriginalImage[Width": 2500, "Height]": 2048,
+                        "OriginalImagePixelSpacing[x": 0.14, "y]": 0.14})
+    ent.to_csv(root / "Data_Entry_2017.csv", index=False)
+    bb = pd.DataFrame(NIH_BOX_ROWS, columns=["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]"])
+    for k in ("Unnamed: 6", "Unnamed: 7", "Unnamed: 8"):
+        bb[k] = ""
+    bb.to_csv(root / "BBox_List_2017.csv", index=False)
+    for i, name in enumerate(NIH_ENTRIES):
+        folder = root / (f"images_00{1 + i % 2}/images" if kaggle_layout else "images")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(gradient(size, size), "L").save(folder / name)
+    return root
