@@ -25,8 +25,9 @@ app = typer.Typer(
 def _register() -> None:
     """Attach the command groups (imported lazily so `chex --help` stays fast)."""
     # Each group module adds itself here with one line.
+    from chexcli.cli import predict; app.command("predict")(predict.predict)  # noqa: E702
     from chexcli.cli import data; app.add_typer(data.app, name="data")  # noqa: E702
-    pass
+    from chexcli.cli import weights; app.add_typer(weights.app, name="weights")  # noqa: E702
 
 
 _register()

@@ -67,7 +67,7 @@ class SentenceGenerator(nn.Module):
         ended = [False] * m
         for step in range(max_new):
             pos = torch.full_like(ids, c.position_offset + step)
-            logits = lm(ids, pos, cache)[:, -1]
+            logits = lm.logits(lm.hidden_states(ids, pos, cache)[:, -1])
             cache.length += 1
             if step < min_new_tokens:
                 logits[:, c.eos_token_id] = float("-inf")

@@ -143,6 +143,7 @@ class GPT2LanguageModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.transformer = _Transformer(cfg)
+        self.head: nn.Module | None = None  # set by int8 quantisation; None = tied to wte
         std = 0.02 / math.sqrt(2 * cfg.n_layer)
         for block in self.transformer.h:
             nn.init.normal_(block.attn.c_proj.weight, std=std)
@@ -157,6 +158,8 @@ class GPT2LanguageModel(nn.Module):
         return tr.ln_f(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
+        if self.head is not None:
+            return self.head(hidden)
         return hidden @ self.transformer.wte.weight.t()
 
     def forward(self, ids: Tensor, positions: Tensor, cache: KVCache | None = None,

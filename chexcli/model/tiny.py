@@ -41,7 +41,9 @@ def build_tiny_model(seed: int = 0, gpt2_vocab_size: int = 300, n_clip_merges: i
         model.post_decoder.gate.fill_(0.7)
         model.detector.multiregion_tokens.mul_(20.0)
         model.detector.multiregion_weight_mlp.layers[3].bias.fill_(0.3)
-        model.txt_decoder.language_model.transformer.wte.weight[eos].mul_(0.05)
+        wte = model.txt_decoder.language_model.transformer.wte.weight
+        wte[eos].mul_(0.05)
+        wte[: min(257, wte.shape[0] - 1)].mul_(0.3)  # prefer learnt word pieces over raw bytes
     attach_gpt2_tokenizer(model, gpt2_tok)
     return model.eval()
 

@@ -1,0 +1,106 @@
+"""`chex predict`: boxes and sentences for text prompts and box prompts on images."""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from chexcli.errors import ChexError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom"}
+
+EXAMPLES = """
+Examples:
+
+  chex predict cxr.jpg --model bundles/chex --prompt "left lung opacity" --prompt "cardiomegaly"
+
+  chex predict scans/ --model bundles/chex --box 120,80,400,360 --json > predictions.jsonl
+"""
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """'x1,y1,x2,y2' -> four floats (one-line error otherwise)."""
+    parts = [p for p in text.replace(" ", "").split(",") if p != ""]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ChexError(f"--box {text!r}: give four numbers x1,y1,x2,y2")
+    x1, y1, x2, y2 = values
+    if not all(v == v and abs(v) != float("inf") for v in values):
+        raise ChexError(f"--box {text!r}: coordinates must be finite numbers")
+    if x2 <= x1 or y2 <= y1:
+        raise ChexError(f"--box {text!r}: need x2 > x1 and y2 > y1 (corners x1,y1,x2,y2)")
+    return values
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns -> image paths in order."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif any(ch in item for ch in "*?["):
+            paths += [Path(m) for m in sorted(glob.glob(item, recursive=True)) if Path(m).is_file()]
+        else:
+            paths.append(p)  # missing files are reported per image
+    if not paths:
+        raise ChexError(f"no images found in {' '.join(inputs)}")
+    return paths
+
+
+def resolve_device(device: str):
+    import torch
+
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ChexError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        return torch.device(device)
+    raise ChexError(f"unknown --device {device!r}; use cpu or cuda")
+
+
+def predict(
+    images: list[str] = typer.Argument(..., help="Image files (JPEG, PNG, DICOM), folders or glob patterns."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model bundle folder."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="Text prompt (repeatable)."),
+    box: Optional[list[str]] = typer.Option(None, "--box", "-b", help="Box prompt x1,y1,x2,y2 (repeatable)."),
+    out: Path = typer.Option(Path("runs/predict"), "--out", help="Parent folder of the run folder."),
+    name: str = typer.Option("run", "--name", help="Run folder name (run, run2, ... never overwritten)."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per image per line on stdout."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per batch."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 (exact) or int8 (int8 sentence generator, CPU)."),
+    box_format: str = typer.Option("pixel", "--box-format",
+                                   help="pixel: x1,y1,x2,y2 in pixels; normalized: the same divided by width/height."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Cap sentence length."),
+    no_images: bool = typer.Option(False, "--no-images", help="Do not write annotated PNGs."),
+) -> None:
+    """Predict boxes and sentences for text prompts and/or boxes on one or many images.
+
+    Writes annotated PNGs and predictions.jsonl into a new run folder.
+    """
+    from chexcli.predict_run import run_predict
+
+    if not prompt and not box:
+        raise ChexError("no query: give at least one --prompt TEXT or --box x1,y1,x2,y2")
+    if box_format not in ("pixel", "normalized"):
+        raise ChexError(f"unknown --box-format {box_format!r}; use pixel or normalized")
+    if dtype not in ("float32", "int8"):
+        raise ChexError(f"unknown --dtype {dtype!r}; use float32 or int8")
+    boxes = [parse_box(b) for b in box or []]
+    dev = resolve_device(device)
+    code = run_predict(expand_inputs(images), model, list(prompt or []), boxes, out, name, json_out, dev,
+                       batch_size, dtype, box_format, max_new_tokens, write_images=not no_images)
+    sys.exit(code)
+
+
+predict.__doc__ = (predict.__doc__ or "") + EXAMPLES

@@ -1,0 +1,170 @@
+"""Inference on new images: text prompts and/or boxes in, boxes and sentences out.
+
+`Predictor.predict` takes a batch of images and, per image, text prompts
+and boxes (pixels of the original image). Text prompts are detected jointly
+(one detector call per batch, no query mask, so each prompt's boxes do not
+depend on the others; the post decoder sees all of an image's prompts, as in
+the reference); boxes are encoded independently of each other. All regions of
+a batch are described by the generator in one pass. Prompt embeddings are
+cached by the model across images and calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from chexcli.errors import ChexError
+from chexcli.model.chex import ChEX
+from chexcli.model.preprocess import CropInfo, model_boxes_to_pixels, pixel_boxes_to_model, preprocess_image
+
+
+@dataclass
+class Region:
+    """One of the R candidate boxes of a text prompt."""
+
+    box: list[float]  # x1, y1, x2, y2 in original-image pixels
+    box_model: list[float]  # x_c, y_c, w, h normalised to the 224 x 224 network input
+    weight: float
+    present: bool
+
+
+@dataclass
+class QueryResult:
+    """Prediction for one query (a text prompt or a box prompt)."""
+
+    type: str  # "prompt" or "box"
+    prompt: str | None
+    prompt_source: str | None  # "sentence", "anatomy:<name>" or "pathology:<name>"
+    box: list[float] | None  # final box, pixels (x1, y1, x2, y2); None when no region is present
+    box_model: list[float]  # final box in network coordinates (x_c, y_c, w, h)
+    score: float | None  # presence score of a text prompt (weighted region weights)
+    present: bool
+    regions: list[Region] = field(default_factory=list)
+    sentence: str | None = None
+    features: list[float] | None = None
+
+
+@dataclass
+class ImagePrediction:
+    image: str
+    width: int
+    height: int
+    queries: list[QueryResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_prompt(model: ChEX, text: str) -> tuple[str, list[str]]:
+    """Map a prompt to the strings whose mean embedding represents it.
+
+    A known anatomy or pathology name of the model's prompt dictionaries
+    (matched case-insensitively, with or without a prefix such as `cig/af/`)
+    uses the mean of its synonym prompts; anything else is embedded verbatim.
+    Returns (source, prompt strings).
+    """
+    sets = (model.prompts or {}).get("prompt_sets", {})
+    assembly = (model.prompts or {}).get("model_prompt_assembly", {})
+    wanted = " ".join(text.split()).lower()
+    for kind, key in (("anatomy", "anatomy_prompts"), ("pathology", "pathology_pos_prompts")):
+        for set_name in assembly.get(key, []):
+            for name, prompts in sets.get(set_name, {}).items():
+                if wanted in (name.lower(), name.rsplit("/", 1)[-1].lower()) and prompts:
+                    return f"{kind}:{name}", list(prompts)
+    return "sentence", [text]
+
+
+class Predictor:
+    """Runs a ChEX model on images. Deterministic: no multibox dropping, skip connection on."""
+
+    def __init__(self, model: ChEX, device: str | torch.device = "cpu", generate: bool = True,
+                 max_new_tokens: int | None = None, return_features: bool = False,
+                 use_post_decoder: bool = True):
+        self.model = model.eval()
+        self.device = torch.device(device)
+        self.generate = generate and model.txt_decoder is not None and model.decode is not None
+        self.max_new_tokens = max_new_tokens
+        self.return_features = return_features
+        self.use_post_decoder = use_post_decoder
+        self._prompt_cache: dict[str, tuple[str, torch.Tensor]] = {}
+
+    def prompt_embeddings(self, prompts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+        """prompts (Q) -> sources (Q) and embeddings (Q, d), cached across calls."""
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        for p in todo:
+            source, strings = resolve_prompt(self.model, p)
+            self._prompt_cache[p] = (source, self.model.encode_sentences(strings).mean(dim=0))
+        return [self._prompt_cache[p][0] for p in prompts], torch.stack([self._prompt_cache[p][1] for p in prompts])
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[np.ndarray], names: Sequence[str], prompts: Sequence[str] = (),
+                boxes: Sequence[Sequence[Sequence[float]]] | None = None) -> list[ImagePrediction]:
+        """images: N grayscale arrays (H_i, W_i) in [0, 1]; prompts: shared by all images;
+        boxes: per image a list of pixel boxes (x1, y1, x2, y2), already validated."""
+        n = len(images)
+        if n == 0:
+            return []
+        boxes = boxes if boxes is not None else [[] for _ in range(n)]
+        if not prompts and not any(boxes):
+            raise ChexError("nothing to predict: give at least one --prompt or --box")
+        xs, infos = zip(*(preprocess_image(img, pixel_mean=self.model.cfg.pixel_mean,
+                                           pixel_std=self.model.cfg.pixel_std) for img in images))
+        x = torch.stack(xs).to(self.device)
+        enc = self.model.encode_image(x)
+        results: list[list[QueryResult]] = [[] for _ in range(n)]
+        features: list[tuple[int, torch.Tensor]] = []  # (image index, (d)) per query, in order
+
+        if prompts:
+            sources, emb = self.prompt_embeddings(list(prompts))
+            det = self.model.detect_prompts(enc, emb.to(self.device), use_post_decoder=self.use_post_decoder)
+            for i in range(n):
+                for q, text in enumerate(prompts):
+                    results[i].append(self._prompt_result(text, sources[q], det, i, q, infos[i]))
+                    features.append((i, det.box_features[i, q]))
+
+        m = max((len(b) for b in boxes), default=0)
+        if m:
+            model_boxes = torch.zeros(n, m, 4)
+            for i, image_boxes in enumerate(boxes):
+                if len(image_boxes):
+                    model_boxes[i, : len(image_boxes)] = torch.from_numpy(
+                        pixel_boxes_to_model(np.asarray(image_boxes, dtype=np.float64), infos[i])).float()
+            # No region mask: each box is encoded on its own, so zero padding changes nothing.
+            region_feats = self.model.encode_regions(enc, model_boxes.to(self.device), use_post_decoder=self.use_post_decoder)
+            for i, image_boxes in enumerate(boxes):
+                for j, b in enumerate(image_boxes):
+                    results[i].append(QueryResult(
+                        type="box", prompt=None, prompt_source=None, box=[float(v) for v in b],
+                        box_model=model_boxes[i, j].tolist(), score=None, present=True))
+                    features.append((i, region_feats[i, j]))
+
+        flat = [r for per_image in results for r in per_image]
+        if self.generate and features:
+            stacked = torch.stack([f for _, f in features])
+            sentences = self.model.describe(stacked, max_new_tokens=self.max_new_tokens)
+            for r, s in zip(flat, sentences):
+                r.sentence = s
+        if self.return_features:
+            for r, (_, f) in zip(flat, features):
+                r.features = f.float().cpu().tolist()
+        return [ImagePrediction(names[i], infos[i].width, infos[i].height, results[i]) for i in range(n)]
+
+    @staticmethod
+    def _prompt_result(text: str, source: str, det, i: int, q: int, info: CropInfo) -> QueryResult:
+        present = bool(det.boxes_present[i, q])
+        box_model = det.boxes[i, q].float().cpu().numpy()
+        regions = []
+        multi = det.multiboxes[i, q].float().cpu().numpy()
+        pixels = model_boxes_to_pixels(multi, info)
+        for r in range(multi.shape[0]):
+            regions.append(Region(box=pixels[r].tolist(), box_model=multi[r].tolist(),
+                                  weight=float(det.multiboxes_weights[i, q, r]),
+                                  present=bool(det.multiboxes_present[i, q, r])))
+        return QueryResult(
+            type="prompt", prompt=text, prompt_source=source,
+            box=model_boxes_to_pixels(box_model, info)[0].tolist() if present else None,
+            box_model=box_model.tolist(), score=float(det.boxes_weights[i, q]), present=present, regions=regions)
