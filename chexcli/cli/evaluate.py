@@ -74,6 +74,10 @@ def evaluate(
     if not data.is_dir():
         raise ChexError(f"data folder {data} not found; prepare it with `chex data prepare`")
     overrides = read_settings_file(settings) if settings else {}
+    if predictions is not None:
+        from chexcli.evaluate.runner import read_predictions
+
+        read_predictions(predictions, load_task(names[0], overrides.get(names[0])))  # fail before any output
     labeler = None
     if chexbert is not None:
         from chexcli.metrics.chexbert import CheXbertLabeler

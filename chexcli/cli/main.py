@@ -27,6 +27,7 @@ def _register() -> None:
     # Each group module adds itself here with one line.
     from chexcli.cli import predict; app.command("predict")(predict.predict)  # noqa: E702
     from chexcli.cli import data; app.add_typer(data.app, name="data")  # noqa: E702
+    from chexcli.cli import evaluate; app.command("evaluate")(evaluate.evaluate)  # noqa: E702
     from chexcli.cli import weights; app.add_typer(weights.app, name="weights")  # noqa: E702
 
 
