@@ -65,3 +65,21 @@ def test_task_configs():
         resolve_names("od_x")
     with pytest.raises(ChexError, match="does not exist"):
         load_task("od_nih8", {"nope": 1})
+
+
+def test_region_sentence_extras_corpora():
+    from chexcli.evaluate.scoring import RegionSentenceExtras
+
+    class CountingMeteor:  # "score" = number of pairs, to check which corpora are built
+        def score(self, hyps, refs):
+            assert len(hyps) == len(refs)
+            return float(len(hyps))
+
+    # image 0: 3 regions (one with an empty reference -> dropped), image 1: 1 region
+    extras = RegionSentenceExtras(["a", "b", "c", "d"], ["x", "", "z", "w"], [3, 1],
+                                  [True, False, False, True], CountingMeteor())
+    out = extras.compute()
+    # matched pairs 3; mismatched: image 0 has 2 kept pairs -> 2 * 1, image 1 -> 0
+    assert out["METEOR_ratio"] == 3 / 2
+    assert out["METEOR_normal/normal"] == 2.0 and out["METEOR_normal/abnormal"] == 1.0
+    assert extras.compute([0, 0])["METEOR_ratio"] == 4 / 4
