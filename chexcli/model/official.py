@@ -723,7 +723,9 @@ def import_official(source: str | Path, out: str | Path, clip_vocab: str | Path 
         if LM_HEAD in state:
             head = state.pop(LM_HEAD)
             wte = state.get(WTE)
-            if wte is None or head.shape != wte.shape or not torch.equal(head, wte):
+            same = wte is not None and head.shape == wte.shape and (
+                (head.data_ptr() == wte.data_ptr() and head.stride() == wte.stride()) or torch.equal(head, wte))
+            if not same:
                 raise ChexError(f"{what}: {LM_HEAD} differs from {WTE}; chexcli's GPT-2 ties them as the official "
                                 "model does, so this checkpoint cannot be imported")
 
