@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pydicom
 import pytest
+import torch
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -69,6 +70,13 @@ def test_prints_writes_and_never_overwrites(tiny_bundle, images, tmp_path):
     assert len(lines) == 4 and [json.loads(x) for x in lines] == records  # deterministic, stdout is pure JSON
 
 
+def test_int8_dtype(tiny_bundle, images, tmp_path):
+    r = chex("predict", images / "a.png", "--model", tiny_bundle, "--prompt", "heart", "--dtype", "int8",
+             "--json", "--max-new-tokens", "3", "--no-images", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert isinstance(json.loads(r.stdout)["queries"][0]["sentence"], str)
+
+
 def test_normalized_box_format(tiny_bundle, images, tmp_path):
     r = chex("predict", images / "a.png", "--model", tiny_bundle, "--box", "0.1,0.1,0.5,0.6",
              "--box-format", "normalized", "--json", "--max-new-tokens", "3", cwd=tmp_path)
@@ -94,7 +102,8 @@ def test_unreadable_image_is_skipped_exit_1(tiny_bundle, images, tmp_path):
     (["--prompt", "x", "--device", "tpu"], "unknown --device"),
     (["--prompt", "x", "--dtype", "fp8"], "unknown --dtype"),
     (["--box", "500,500,600,600"], "outside"),
-])
+    (["--box", "0,0,20,20"], "centre square"),  # a 260x300 image loses 20 px rows at the top
+] + ([] if torch.cuda.is_available() else [(["--prompt", "x", "--device", "cuda"], "CUDA is not available")]))
 def test_bad_input_exit_2(tiny_bundle, images, tmp_path, extra, message):
     r = chex("predict", images / "a.png", "--model", tiny_bundle, *extra, cwd=tmp_path)
     assert r.returncode == 2, (r.stdout, r.stderr)
