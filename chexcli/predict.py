@@ -91,6 +91,7 @@ class Predictor:
         self.return_features = return_features
         self.use_post_decoder = use_post_decoder
         self._prompt_cache: dict[str, tuple[str, torch.Tensor]] = {}
+        self._report_task = None
 
     def prompt_embeddings(self, prompts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
         """prompts (Q) -> sources (Q) and embeddings (Q, d), cached across calls."""
@@ -152,6 +153,33 @@ class Predictor:
             for r, (_, f) in zip(flat, features):
                 r.features = f.float().cpu().tolist()
         return [ImagePrediction(names[i], infos[i].width, infos[i].height, results[i]) for i in range(n)]
+
+    @torch.inference_mode()
+    def report(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[dict[str, Any]]:
+        """Full reports (EVALUATION.md §8: 14 CheXpert + 15 anatomy queries, region selection,
+        sentence generation, synonym removal), deterministic (no multibox dropping).
+
+        Returns per image a dict with `report`, `width`, `height` and `queries` whose boxes are
+        in original-image pixels (`box`) and network coordinates (`box_model`).
+        """
+        from chexcli.evaluate.inference import TaskInference
+        from chexcli.evaluate.tasks import load_task
+
+        if self._report_task is None:
+            task = load_task("rg_mimic", {"multibox_drop": 0.0})
+            if self.max_new_tokens is not None:
+                task.settings["max_length"] = self.max_new_tokens + 1
+            self._report_task = TaskInference(self.model, task, device=self.device)
+        xs, infos = zip(*(preprocess_image(img, pixel_mean=self.model.cfg.pixel_mean,
+                                           pixel_std=self.model.cfg.pixel_std) for img in images))
+        records = self._report_task({"x": torch.stack(xs), "sample_id": list(names)})
+        for rec, info in zip(records, infos):
+            rec.update(width=info.width, height=info.height)
+            for q in rec["queries"]:
+                q["box"] = model_boxes_to_pixels(q["box_model"], info)[0].tolist() if q["present"] else None
+                for r in q["regions"]:
+                    r["box"] = model_boxes_to_pixels(r["box_model"], info)[0].tolist()
+        return records
 
     @staticmethod
     def _prompt_result(text: str, source: str, det, i: int, q: int, info: CropInfo) -> QueryResult:

@@ -67,11 +67,44 @@ def _check_boxes(boxes, width: int, height: int):
     return checked
 
 
+def _record(pred, rep, path: Path, gray: np.ndarray, box_format: str) -> dict:
+    """The JSON record of one image; `box_pixels` keys (for drawing) are removed by _strip_pixels."""
+    h, w = gray.shape
+    if pred is not None:
+        record = prediction_record(pred, box_format)
+        for q, raw in zip(record["queries"], pred.queries):
+            q["box_pixels"] = raw.box
+            for r, rr in zip(q["regions"], raw.regions):
+                r["box_pixels"] = rr.box
+    else:
+        record = {"image": str(path), "width": w, "height": h, "queries": [], "box_format": box_format}
+    if rep is not None:
+        record["report"] = rep["report"]
+        record["report_queries"] = []
+        for q in rep["queries"]:
+            q = dict(q, box_pixels=q["box"], box=_format_box(q["box"], box_format, w, h))
+            q["regions"] = [dict(r, box_pixels=r["box"], box=_format_box(r["box"], box_format, w, h))
+                            for r in q["regions"]]
+            record["report_queries"].append(q)
+    return record
+
+
+def _strip_pixels(record: dict) -> None:
+    for q in record["queries"] + record.get("report_queries", []):
+        q.pop("box_pixels", None)
+        for r in q["regions"]:
+            r.pop("box_pixels", None)
+
+
 def _annotate(path: Path, gray: np.ndarray, record: dict, target: Path) -> None:
     from chexcli.render import draw_predictions
 
     image = Image.fromarray(np.clip(gray * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     items = []
+    for q in record.get("report_queries", []):
+        if q["kept"]:
+            items.append({"label": q["prompt"], "sentence": q["sentence"], "box": q["box_pixels"],
+                          "regions": [], "region_weights": [], "score": q["score"]})
     for q in record["queries"]:
         items.append({
             "label": q["prompt"] if q["type"] == "prompt" else "box",
@@ -86,6 +119,8 @@ def _annotate(path: Path, gray: np.ndarray, record: dict, target: Path) -> None:
 
 def _human_lines(record: dict) -> list[str]:
     lines = [f"{record['image']} ({record['width']}x{record['height']})"]
+    if "report" in record:
+        lines.append(f"  report: {record['report']}")
     for q in record["queries"]:
         label = f"prompt {q['prompt']!r}" if q["type"] == "prompt" else "box"
         box = "none (not present)" if q["box"] is None else ", ".join(f"{v:g}" for v in q["box"])
@@ -101,7 +136,7 @@ def _human_lines(record: dict) -> list[str]:
 
 def run_predict(paths: list[Path], model_dir: Path, prompts: list[str], boxes, out: Path, name: str,
                 json_out: bool, device, batch_size: int, dtype: str, box_format: str,
-                max_new_tokens: int | None, write_images: bool = True) -> int:
+                max_new_tokens: int | None, write_images: bool = True, report: bool = False) -> int:
     from tqdm import tqdm
 
     from chexcli.data.image_io import read_image
@@ -136,23 +171,19 @@ def run_predict(paths: list[Path], model_dir: Path, prompts: list[str], boxes, o
                     bar.update(1)
             if not batch:
                 continue
-            preds = predictor.predict([b[1] for b in batch], [str(b[0]) for b in batch], prompts, [b[2] for b in batch])
-            for (path, gray, _), pred in zip(batch, preds):
-                record = prediction_record(pred, box_format)
-                for q, raw in zip(record["queries"], pred.queries):
-                    q["box_pixels"] = raw.box
-                    for r, rr in zip(q["regions"], raw.regions):
-                        r["box_pixels"] = rr.box
+            grays, names = [b[1] for b in batch], [str(b[0]) for b in batch]
+            preds = (predictor.predict(grays, names, prompts, [b[2] for b in batch]) if prompts or boxes
+                     else [None] * len(batch))
+            reports = predictor.report(grays, names) if report else [None] * len(batch)
+            for (path, gray, _), pred, rep in zip(batch, preds, reports):
+                record = _record(pred, rep, path, gray, box_format)
                 if write_images:
                     target = run_dir / f"{path.stem}.png"
                     k = 2
                     while target.exists():
                         target, k = run_dir / f"{path.stem}_{k}.png", k + 1
                     _annotate(path, gray, record, target)
-                for q in record["queries"]:
-                    q.pop("box_pixels")
-                    for r in q["regions"]:
-                        r.pop("box_pixels")
+                _strip_pixels(record)
                 line = json.dumps(record)
                 sink.write(line + "\n")
                 sink.flush()

@@ -125,3 +125,17 @@ def test_parse_box():
     assert parse_box("1, 2,3,4.5") == (1.0, 2.0, 3.0, 4.5)
     with pytest.raises(ChexError):
         parse_box("nan,1,2,3")
+
+
+def test_report(tiny_bundle, images, tmp_path):
+    r = chex("predict", images / "a.png", "--model", tiny_bundle, "--report", "--json", "--max-new-tokens", "3",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert isinstance(rec["report"], str) and rec["queries"] == []
+    queries = rec["report_queries"]
+    assert len(queries) == 29  # 14 CheXpert pathologies + 15 anatomies
+    assert all(q["selected"] for q in queries[:14])  # every pathology query gets a sentence
+    kept = [q["sentence"] for q in queries if q["kept"]]
+    assert rec["report"] == " ".join(kept)
+    assert (tmp_path / "runs/predict/run/a.png").exists()

@@ -19,6 +19,8 @@ Examples:
 
   chex predict cxr.jpg --model bundles/chex --prompt "left lung opacity" --prompt "cardiomegaly"
 
+  chex predict cxr.dcm --model bundles/chex --report
+
   chex predict scans/ --model bundles/chex --box 120,80,400,360 --json > predictions.jsonl
 """
 
@@ -83,6 +85,8 @@ def predict(
                                    help="pixel: x1,y1,x2,y2 in pixels; normalized: the same divided by width/height."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Cap sentence length."),
     no_images: bool = typer.Option(False, "--no-images", help="Do not write annotated PNGs."),
+    report: bool = typer.Option(False, "--report", help="Also write a full report (14 CheXpert + 15 anatomy "
+                                "queries, region selection, synonym removal) with each sentence's box."),
 ) -> None:
     """Predict boxes and sentences for text prompts and/or boxes on one or many images.
 
@@ -90,8 +94,8 @@ def predict(
     """
     from chexcli.predict_run import run_predict
 
-    if not prompt and not box:
-        raise ChexError("no query: give at least one --prompt TEXT or --box x1,y1,x2,y2")
+    if not prompt and not box and not report:
+        raise ChexError("no query: give at least one --prompt TEXT or --box x1,y1,x2,y2, or --report")
     if box_format not in ("pixel", "normalized"):
         raise ChexError(f"unknown --box-format {box_format!r}; use pixel or normalized")
     if dtype not in ("float32", "int8"):
@@ -99,7 +103,8 @@ def predict(
     boxes = [parse_box(b) for b in box or []]
     dev = resolve_device(device)
     code = run_predict(expand_inputs(images), model, list(prompt or []), boxes, out, name, json_out, dev,
-                       batch_size, dtype, box_format, max_new_tokens, write_images=not no_images)
+                       batch_size, dtype, box_format, max_new_tokens, write_images=not no_images,
+                       report=report)
     sys.exit(code)
 
 
