@@ -22,6 +22,7 @@ makes the cache fast (see docs/data.md).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import time
@@ -36,8 +37,6 @@ from PIL import Image, ImageFile
 from chexcli.data.common import atomic_write_bytes, write_csv
 from chexcli.errors import ChexError
 
-ImageFile.LOAD_TRUNCATED_IMAGES = True  # the reference tolerates truncated JPEG files
-Image.MAX_IMAGE_PIXELS = None
 
 TODO, DONE, FAILED = 0, 1, 2
 
@@ -96,9 +95,21 @@ def to_gray_pil(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
+@contextlib.contextmanager
+def _tolerant_decoding():
+    """Decode truncated files (as the reference's caching does) and allow very large images,
+    only for the duration of the block: the PIL settings are process-wide."""
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
+    ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = True, None
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = saved
+
+
 def load_cached_image(path: str, side: int) -> tuple[np.ndarray, int, int]:
     """Decode one image file for the cache; returns (uint8 side x side, H, W) of the original."""
-    with Image.open(path) as img:
+    with _tolerant_decoding(), Image.open(path) as img:
         w0, h0 = img.size
         if img.format == "JPEG":
             tw, th = _target_size(w0, h0, side)

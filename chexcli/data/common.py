@@ -11,7 +11,6 @@ Processed folders hold plain files (DESIGN.md principle 4):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +21,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from chexcli.errors import ChexError
+from chexcli.hashing import sha256_file  # noqa: F401  (re-exported for the data modules)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -55,17 +55,6 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_csv(path: Path, df: pd.DataFrame, index: bool = True) -> None:
     atomic_write_text(path, df.to_csv(index=index, lineterminator="\n"))
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def source_digests(raw: Path, files: Iterable[Path]) -> dict[str, str]:

@@ -18,7 +18,7 @@ import pandas as pd
 from chexcli.data import imagenome, mimic, mscxr, reports
 from chexcli.data.common import (dataset_summary, read_manifest, update_manifest, write_json,
                                  write_split_tables)
-from chexcli.data.sources import MIMIC_PARTS, SOURCES, get_source
+from chexcli.data.sources import MIMIC_PARTS, get_source
 from chexcli.errors import ChexError
 
 REPORTS_FILE = "reports_processed.json"

@@ -8,6 +8,7 @@ is a rule-based splitter that runs offline; docs/deviations.md describes the dif
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Iterable
 
 REMOVED_SUBSTRINGS = [

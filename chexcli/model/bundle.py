@@ -104,8 +104,8 @@ def read_bundle_config(folder: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_bundle(folder: str | Path, device: str | torch.device = "cpu") -> ChEX:
-    """Load a bundle into a ChEX model in eval mode on `device`."""
+def read_bundle(folder: str | Path) -> tuple[dict[str, Any], ChexConfig, Path]:
+    """config.json contents, the parsed model configuration and the weights path of a bundle."""
     folder = Path(folder)
     config = read_bundle_config(folder)
     try:
@@ -115,6 +115,13 @@ def load_bundle(folder: str | Path, device: str | torch.device = "cpu") -> ChEX:
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise ChexError(f"{folder} has no {WEIGHTS_FILE}; the bundle is incomplete, re-create it")
+    return config, cfg, weights
+
+
+def load_bundle(folder: str | Path, device: str | torch.device = "cpu") -> ChEX:
+    """Load a bundle into a ChEX model in eval mode on `device`."""
+    folder = Path(folder)
+    config, cfg, weights = read_bundle(folder)
     try:
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError, ValueError) as err:

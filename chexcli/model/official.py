@@ -18,7 +18,6 @@ without loading its tensors.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import pickle
@@ -34,6 +33,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from chexcli.errors import ChexError
+from chexcli.hashing import sha256_file
 from chexcli.model.config import ChexConfig, DetectorConfig, GeneratorConfig, TextConfig, VisionConfig
 
 #: extraction cap for a zip SOURCE (the released stage-3 zip holds one ~4.2 GB checkpoint)
@@ -66,18 +66,6 @@ def _quiet(_: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # hashing and small helpers
 # ---------------------------------------------------------------------------------------------
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 (hex) of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _normalise_sha(value: str) -> str:
     text = value.strip().lower()
     if text.startswith("sha256:"):
@@ -925,17 +913,10 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
 
 def bundle_info(folder: str | Path) -> dict[str, Any]:
     """Format, configuration summary, parameter counts per component and provenance of a bundle."""
-    from chexcli.model.bundle import CLIP_DIR, GPT2_DIR, WEIGHTS_FILE, read_bundle_config
+    from chexcli.model.bundle import CLIP_DIR, GPT2_DIR, read_bundle
 
     folder = Path(folder)
-    config = read_bundle_config(folder)
-    try:
-        cfg = ChexConfig.from_dict(config["model"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ChexError(f"{folder}: invalid model configuration ({err})") from None
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ChexError(f"{folder} has no {WEIGHTS_FILE}; the bundle is incomplete, re-create it")
+    config, cfg, weights = read_bundle(folder)
     shapes = _safetensors_shapes(weights)
     counts = {name: 0 for name, _ in _COMPONENTS}
     other = 0

@@ -1,9 +1,7 @@
-import hashlib
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
