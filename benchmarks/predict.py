@@ -1,7 +1,8 @@
 """Inference speed and memory of the default-size ChEX (random weights, nothing downloaded).
 
-Prints one JSON object per configuration (device x dtype), each measured in a
-fresh subprocess so that peak RSS belongs to that configuration alone:
+Saves the model once as a bundle, then prints one JSON object per configuration
+(device x dtype), each loading the bundle as `chex predict` does, in a fresh
+subprocess so that peak RSS belongs to that configuration alone:
 
   image_encoder_s          encode 1 image
   detect_1_prompt_s        detect 1 text prompt (detector + post decoder) on an encoded image
@@ -58,29 +59,39 @@ def _copy_bandwidth_gbs() -> float:
     return best
 
 
-def run_one(device: str, dtype: str, threads: int, repeats: int) -> dict:
+def save_random_bundle(folder: str) -> None:
+    """The default-size model with random weights, saved as a bundle (+ float32 reference logits)."""
     import torch
 
+    from chexcli.model.bundle import save_bundle
     from chexcli.model.chex import ChEX
     from chexcli.model.clip_tokenizer import ClipTokenizer
     from chexcli.model.config import ChexConfig
-    from chexcli.model.quantize import apply_dtype
     from chexcli.model.tiny import TINY_CORPUS
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     tok = ClipTokenizer.build_tiny(TINY_CORPUS, n_merges=200)
-    cfg = ChexConfig()  # the released stage-3 sizes
+    model = ChEX(ChexConfig(), tok).eval()  # the released stage-3 sizes
+    save_bundle(model, folder, provenance={"source": "random weights (benchmark)"}, overwrite=True)
+    torch.save(_teacher_forced_logits(model, "cpu"), os.path.join(folder, "reference_logits.pt"))
+
+
+def run_one(bundle: str, device: str, dtype: str, threads: int, repeats: int) -> dict:
+    """Load the bundle as `chex predict` does (load_bundle with dtype) and time every stage."""
+    import torch
+
+    from chexcli.model.bundle import load_bundle
+
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    with torch.device(device):
-        model = ChEX(cfg, tok).eval()
-    build_s = time.perf_counter() - t0
+    model = load_bundle(bundle, device=device, dtype=dtype)
+    load_s = time.perf_counter() - t0
+    load_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+    cfg = model.cfg
     n_params = sum(p.numel() for p in model.parameters())
-    fp32_head = model.txt_decoder.language_model.transformer.wte.weight
     reference_logits = None
     if dtype != "float32":
-        reference_logits = _teacher_forced_logits(model, device)
-        model = apply_dtype(model, dtype)
+        reference_logits = torch.load(os.path.join(bundle, "reference_logits.pt"), weights_only=True)
 
     x1 = torch.randn(1, 224, 224, device=device)
     x8 = torch.randn(8, 224, 224, device=device)
@@ -101,8 +112,8 @@ def run_one(device: str, dtype: str, threads: int, repeats: int) -> dict:
             return _median_time(lambda: (fn(), sync()), repeats)
 
         result = {
-            "device": device, "dtype": dtype, "threads": threads, "parameters": n_params,
-            "build_s": round(build_s, 2),
+            "device": device, "dtype": dtype, "threads": threads, "float_parameters": n_params,
+            "load_s": round(load_s, 2), "peak_rss_after_load_gb": load_rss,
             "image_encoder_s": timed(lambda: model.encode_image(x1)),
             "detect_1_prompt_s": timed(lambda: model.detect_prompts(enc, emb1)),
             "sentence_30_tokens_s": timed(lambda: model.generate(feats1, max_new_tokens=30, min_new_tokens=30)),
@@ -134,7 +145,6 @@ def run_one(device: str, dtype: str, threads: int, repeats: int) -> dict:
                                   "max_abs_logit_error": err.max().item(),
                                   "mean_abs_logit_error": err.mean().item(),
                                   "logit_std": reference_logits.std().item()}
-    del fp32_head
     result["speedup_vs_reference"] = {k: REFERENCE[k] / result[k] for k in
                                       ("image_encoder_s", "detect_1_prompt_s", "sentence_30_tokens_s", "sentences_10x30_s")}
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
@@ -168,24 +178,40 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--configs", default=None, help="comma list of device:dtype (default: CPU float32, float16 and int8, CUDA float32 if present)")
+    parser.add_argument("--bundle", default=None, help="reuse a bundle saved by an earlier run (default: a temporary one)")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_save", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._save:
+        save_random_bundle(args._save)
+        return
     if args._one:
         device, dtype = args._one.split(":")
-        print(json.dumps(run_one(device, dtype, args.threads, args.repeats)))
+        print(json.dumps(run_one(args.bundle, device, dtype, args.threads, args.repeats)))
         return
+    import tempfile
+
     import torch
+
+    tmp = None
+    if args.bundle is None:
+        tmp = tempfile.TemporaryDirectory(prefix="chex-bench-")
+        args.bundle = os.path.join(tmp.name, "bundle")
+    if not os.path.exists(os.path.join(args.bundle, "reference_logits.pt")):
+        subprocess.run([sys.executable, __file__, "--_save", args.bundle], check=True)
 
     configs = args.configs.split(",") if args.configs else (
         ["cpu:float32", "cpu:float16", "cpu:int8"] + (["cuda:float32"] if torch.cuda.is_available() else []))
     for config in configs:
         proc = subprocess.run([sys.executable, __file__, "--_one", config, "--threads", str(args.threads),
-                               "--repeats", str(args.repeats)], capture_output=True, text=True,
+                               "--repeats", str(args.repeats), "--bundle", args.bundle], capture_output=True, text=True,
                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
         if proc.returncode != 0:
             print(json.dumps({"config": config, "error": proc.stderr.strip().splitlines()[-1:]}))
         else:
             print(proc.stdout.strip().splitlines()[-1], flush=True)
+    if tmp is not None:
+        tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -141,10 +141,9 @@ def run_predict(paths: list[Path], model_dir: Path, prompts: list[str], boxes, o
 
     from chexcli.data.image_io import read_image
     from chexcli.model.bundle import load_bundle
-    from chexcli.model.quantize import apply_dtype
     from chexcli.predict import Predictor
 
-    model = apply_dtype(load_bundle(model_dir, device=device), dtype)
+    model = load_bundle(model_dir, device=device, dtype=dtype)
     predictor = Predictor(model, device=device, max_new_tokens=max_new_tokens)
     run_dir = new_run_dir(out, name)
     (run_dir / "args.json").write_text(json.dumps({

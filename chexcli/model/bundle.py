@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from chexcli.errors import ChexError
 from chexcli.model.chex import ChEX
@@ -118,20 +119,40 @@ def read_bundle(folder: str | Path) -> tuple[dict[str, Any], ChexConfig, Path]:
     return config, cfg, weights
 
 
-def load_bundle(folder: str | Path, device: str | torch.device = "cpu") -> ChEX:
-    """Load a bundle into a ChEX model in eval mode on `device`."""
-    folder = Path(folder)
-    config, cfg, weights = read_bundle(folder)
-    try:
-        state = load_file(str(weights), device=str(device))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ChexError(f"{weights} is unreadable or truncated ({str(err).splitlines()[0]}); re-create the bundle") from None
+def load_bundle(folder: str | Path, device: str | torch.device = "cpu", dtype: str = "float32") -> ChEX:
+    """Load a bundle into a ChEX model in eval mode on `device`.
 
+    dtype float16 / int8 (CPU) builds the sentence generator's compact layers
+    straight from the file, tensor by tensor, so its float32 weights (82 % of
+    the model) are never all in memory (see chexcli.model.quantize).
+    """
+    from chexcli.model.quantize import DTYPES, compact_generator, compact_keys
+
+    folder = Path(folder)
+    if dtype not in DTYPES:
+        raise ChexError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    config, cfg, weights = read_bundle(folder)
     clip_tok = ClipTokenizer.load(folder / CLIP_DIR) if (folder / CLIP_DIR).is_dir() else None
     gpt2_tok = load_gpt2_tokenizer(folder / GPT2_DIR) if (folder / GPT2_DIR).is_dir() else None
     with torch.device("meta"):
         model = ChEX(cfg, clip_tok, prompts=config.get("prompts") or {})
-    load_weights(model, state, source=str(weights))
+    compact = compact_keys(model) if dtype != "float32" else set()
+    if compact and torch.device(device).type != "cpu":
+        raise ChexError(f"--dtype {dtype} runs on the CPU only; use --dtype float32 with --device {device}")
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            check_state_shapes(model, shapes, source=str(weights))
+            state = {k: f.get_tensor(k) for k in shapes if k not in compact}
+            model.load_state_dict(state, strict=False, assign=True)
+            if compact:
+                compact_generator(model, dtype, get=f.get_tensor, get_rows=lambda k, a, b: f.get_slice(k)[a:b])
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ChexError(f"{weights} is unreadable or truncated ({str(err).splitlines()[0]}); re-create the bundle") from None
+    left = [name for name, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise ChexError(f"{weights}: no weights were loaded for {left[0]}; re-create the bundle")
+    _rebuild_buffers(model)
     model.to(device)
     attach_gpt2_tokenizer(model, gpt2_tok)
     model.provenance = config.get("provenance", {})
@@ -145,9 +166,16 @@ def attach_gpt2_tokenizer(model: ChEX, tokenizer) -> None:
 
 def load_weights(model: ChEX, state: dict[str, torch.Tensor], source: str) -> None:
     """Assign `state` to a (possibly meta-device) model after checking every key and shape."""
+    check_state_shapes(model, {k: tuple(v.shape) for k, v in state.items()}, source)
+    model.load_state_dict(state, strict=True, assign=True)
+    _rebuild_buffers(model)
+
+
+def check_state_shapes(model: ChEX, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """One-line ChexError naming the first missing, unexpected or mis-shaped keys."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
     if missing or unexpected:
         parts = []
         if missing:
@@ -156,10 +184,8 @@ def load_weights(model: ChEX, state: dict[str, torch.Tensor], source: str) -> No
             parts.append(f"unexpected {', '.join(unexpected[:3])}" + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else ""))
         raise ChexError(f"{source} does not match its configuration: {'; '.join(parts)}")
     for key, tensor in expected.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise ChexError(f"{source}: {key} has shape {tuple(state[key].shape)}, the configuration needs {tuple(tensor.shape)}")
-    model.load_state_dict(state, strict=True, assign=True)
-    _rebuild_buffers(model)
+        if tuple(shapes[key]) != tuple(tensor.shape):
+            raise ChexError(f"{source}: {key} has shape {tuple(shapes[key])}, the configuration needs {tuple(tensor.shape)}")
 
 
 def _rebuild_buffers(model: ChEX) -> None:
