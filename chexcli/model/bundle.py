@@ -15,11 +15,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shutil
+import struct
 import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors import safe_open
@@ -146,7 +148,8 @@ def load_bundle(folder: str | Path, device: str | torch.device = "cpu", dtype: s
             state = {k: f.get_tensor(k) for k in shapes if k not in compact}
             model.load_state_dict(state, strict=False, assign=True)
             if compact:
-                compact_generator(model, dtype, get=f.get_tensor, get_rows=lambda k, a, b: f.get_slice(k)[a:b])
+                reader = PlainReader(weights)
+                compact_generator(model, dtype, get=reader.tensor, get_rows=reader.rows)
     except (SafetensorError, OSError, ValueError) as err:
         raise ChexError(f"{weights} is unreadable or truncated ({str(err).splitlines()[0]}); re-create the bundle") from None
     left = [name for name, p in model.named_parameters() if p.is_meta]
@@ -157,6 +160,42 @@ def load_bundle(folder: str | Path, device: str | torch.device = "cpu", dtype: s
     attach_gpt2_tokenizer(model, gpt2_tok)
     model.provenance = config.get("provenance", {})
     return model.eval()
+
+
+class PlainReader:
+    """Reads single tensors (or row ranges) of a float32 safetensors file with ordinary reads.
+
+    Unlike a memory map, the bytes read land in ordinary memory that is freed once a
+    tensor has been converted, so converting the generator tensor by tensor keeps the
+    process small (file-backed pages of a map would stay resident until it closes).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            self.header = json.loads(fh.read(n))
+        self.base = 8 + n
+
+    def _entry(self, key: str) -> tuple[list[int], int]:
+        entry = self.header[key]
+        if entry["dtype"] != "F32":
+            raise ChexError(f"{self.path}: {key} is stored as {entry['dtype']}, expected F32; re-create the bundle")
+        return entry["shape"], self.base + entry["data_offsets"][0]
+
+    def rows(self, key: str, start: int, end: int) -> torch.Tensor:
+        """Rows [start, end) of the tensor `key` (first axis), float32."""
+        shape, offset = self._entry(key)
+        row = int(np.prod(shape[1:], dtype=np.int64))
+        end = min(end, shape[0])
+        data = np.fromfile(self.path, dtype="<f4", count=(end - start) * row, offset=offset + start * row * 4)
+        if data.size != (end - start) * row:
+            raise ChexError(f"{self.path} is truncated ({key}); re-create the bundle")
+        return torch.from_numpy(data).view(end - start, *shape[1:])
+
+    def tensor(self, key: str) -> torch.Tensor:
+        shape, _ = self._entry(key)
+        return self.rows(key, 0, shape[0]) if shape else self.rows(key, 0, 1)[0]
 
 
 def attach_gpt2_tokenizer(model: ChEX, tokenizer) -> None:
