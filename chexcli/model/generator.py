@@ -59,13 +59,15 @@ class SentenceGenerator(nn.Module):
             return []
         max_new = max_new_tokens if max_new_tokens is not None else c.max_length - 1
         keys, values = self.prefix(features)
-        cache = KVCache.from_prefix(keys, values, capacity=c.prefix_length_factor + max_new)
+        # grown on demand: most sentences end long before max_length
+        cache = KVCache.from_prefix(keys, values, capacity=c.prefix_length_factor + min(max_new, 32))
         lm = self.language_model
         rows = torch.arange(m, device=features.device)
         ids = torch.full((m, 1), c.bos_token_id, dtype=torch.long, device=features.device)
         out: list[list[int]] = [[] for _ in range(m)]
         ended = [False] * m
         for step in range(max_new):
+            cache.reserve(cache.length + 1)
             pos = torch.full_like(ids, c.position_offset + step)
             logits = lm.logits(lm.hidden_states(ids, pos, cache)[:, -1])
             cache.length += 1

@@ -67,6 +67,21 @@ class KVCache:
         self.keys = [k.index_select(0, rows) for k in self.keys]
         self.values = [v.index_select(0, rows) for v in self.values]
 
+    def reserve(self, positions: int) -> None:
+        """Make room for `positions` filled positions, doubling the capacity when it runs out."""
+        capacity = self.keys[0].shape[2]
+        if positions <= capacity:
+            return
+        new = max(positions, 2 * capacity)
+
+        def grow(t: Tensor) -> Tensor:
+            out = t.new_empty(t.shape[0], t.shape[1], new, t.shape[3])
+            out[:, :, : self.length] = t[:, :, : self.length]
+            return out
+
+        self.keys = [grow(k) for k in self.keys]
+        self.values = [grow(v) for v in self.values]
+
 
 class _Attention(nn.Module):
     def __init__(self, cfg: GeneratorConfig):

@@ -174,3 +174,25 @@ def test_prefix_layout_follows_position_layer_kv_head_dim_order():
 
     assert keys[2][0, 1, 1, 3].item() == idx(1, 2, 0, 1, 3)
     assert values[0][0, 0, 1, 2].item() == idx(1, 0, 1, 0, 2)
+
+
+def test_kv_cache_grows_without_changing_results():
+    from chexcli.model.gpt2 import KVCache
+
+    cfg = GeneratorConfig(vocab_size=40, n_positions=128, n_embd=16, n_layer=2, n_head=2,
+                          bos_token_id=0, eos_token_id=0, pad_token_id=0, max_length=100)
+    torch.manual_seed(2)
+    gen = SentenceGenerator(cfg, d_model=8).eval()
+    feats = torch.randn(2, 8)
+    long = gen.generate(feats, min_new_tokens=70, max_new_tokens=70)  # beyond the initial 32 positions
+    with torch.inference_mode():
+        keys, values = gen.prefix(feats[:1])
+        cache = KVCache.from_prefix(keys, values, capacity=5 + 71)  # preallocated: no growth
+        seq = torch.tensor([[0] + long[0].ids])
+        logits = gen.language_model(seq, torch.arange(seq.shape[1])[None], cache)
+    logits = logits.clone()
+    logits[..., cfg.eos_token_id] = float("-inf")  # as min_new_tokens did during decoding
+    teacher = logits[0, :-1].argmax(-1).tolist()
+    assert len(long[0].ids) == 70
+    assert teacher == long[0].ids  # every greedy id reproduced: growing the cache kept its contents
+    assert cache.keys[0].shape[2] == 76
