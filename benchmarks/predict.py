@@ -162,14 +162,10 @@ def _teacher_forced_logits(model, device):
     gen = model.txt_decoder
     with torch.inference_mode():
         keys, values = gen.prefix(feats)
-        cache = KVCache.from_prefix(keys, values, capacity=cfg_capacity(model))
+        cache = KVCache.from_prefix(keys, values, capacity=model.cfg.generator.prefix_length_factor + 30)
         lm = gen.language_model
         hidden = lm.hidden_states(ids, torch.arange(30, device=device)[None].expand(4, -1), cache)
         return lm.logits(hidden).float().cpu()
-
-
-def cfg_capacity(model) -> int:
-    return model.cfg.generator.prefix_length_factor + 30
 
 
 def main() -> None:

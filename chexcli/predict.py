@@ -90,16 +90,19 @@ class Predictor:
         self.max_new_tokens = max_new_tokens
         self.return_features = return_features
         self.use_post_decoder = use_post_decoder
-        self._prompt_cache: dict[str, tuple[str, torch.Tensor]] = {}
         self._report_task = None
 
     def prompt_embeddings(self, prompts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
-        """prompts (Q) -> sources (Q) and embeddings (Q, d), cached across calls."""
-        todo = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
-        for p in todo:
-            source, strings = resolve_prompt(self.model, p)
-            self._prompt_cache[p] = (source, self.model.encode_sentences(strings).mean(dim=0))
-        return [self._prompt_cache[p][0] for p in prompts], torch.stack([self._prompt_cache[p][1] for p in prompts])
+        """prompts (Q) -> sources (Q) and embeddings (Q, d); the model caches every string's embedding."""
+        resolved = [resolve_prompt(self.model, p) for p in prompts]
+        return [src for src, _ in resolved], torch.stack(
+            [self.model.encode_sentences(strings).mean(dim=0) for _, strings in resolved])
+
+    def _preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[CropInfo, ...]]:
+        """N grayscale images -> (N, 224, 224) network input on the device, and their crop geometry."""
+        cfg = self.model.cfg
+        xs, infos = zip(*(preprocess_image(img, pixel_mean=cfg.pixel_mean, pixel_std=cfg.pixel_std) for img in images))
+        return torch.stack(xs).to(self.device), infos
 
     @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray], names: Sequence[str], prompts: Sequence[str] = (),
@@ -112,9 +115,7 @@ class Predictor:
         boxes = boxes if boxes is not None else [[] for _ in range(n)]
         if not prompts and not any(boxes):
             raise ChexError("nothing to predict: give at least one --prompt or --box")
-        xs, infos = zip(*(preprocess_image(img, pixel_mean=self.model.cfg.pixel_mean,
-                                           pixel_std=self.model.cfg.pixel_std) for img in images))
-        x = torch.stack(xs).to(self.device)
+        x, infos = self._preprocess(images)
         enc = self.model.encode_image(x)
         results: list[list[QueryResult]] = [[] for _ in range(n)]
         features: list[tuple[int, torch.Tensor]] = []  # (image index, (d)) per query, in order
@@ -170,9 +171,8 @@ class Predictor:
             if self.max_new_tokens is not None:
                 task.settings["max_length"] = self.max_new_tokens + 1
             self._report_task = TaskInference(self.model, task, device=self.device)
-        xs, infos = zip(*(preprocess_image(img, pixel_mean=self.model.cfg.pixel_mean,
-                                           pixel_std=self.model.cfg.pixel_std) for img in images))
-        records = self._report_task({"x": torch.stack(xs), "sample_id": list(names)})
+        x, infos = self._preprocess(images)
+        records = self._report_task({"x": x, "sample_id": list(names)})
         for rec, info in zip(records, infos):
             rec.update(width=info.width, height=info.height)
             for q in rec["queries"]:

@@ -59,14 +59,14 @@ class PromptEncoder(TextTransformer):
         device = self.token_embedding.weight.device
         if not texts:
             return torch.zeros(0, self.cfg.output_dim, device=device)
-        todo = [t for t in dict.fromkeys(texts) if not (use_cache and t in self._cache)] if use_cache else list(dict.fromkeys(texts))
+        unique = list(dict.fromkeys(texts))
+        todo = [t for t in unique if t not in self._cache] if use_cache else unique
         fresh: dict[str, Tensor] = {}
         if todo:
             ids = self.tokenize(todo).to(device)
             length = int(ids.argmax(dim=1).max()) + 1  # end-of-text has the largest id
-            with torch.no_grad() if use_cache else torch.enable_grad():
-                feats = self.forward(ids[:, :length])
-            fresh = dict(zip(todo, feats))
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not use_cache):
+                fresh = dict(zip(todo, self.forward(ids[:, :length])))
             if use_cache:
                 self._cache.update({t: f.detach().float() for t, f in fresh.items()})
         table = self._cache if use_cache else fresh
