@@ -20,7 +20,10 @@ from chexcli.model.bundle import load_bundle, read_bundle_config
 from chexcli.model.clip_tokenizer import ClipTokenizer
 from chexcli.model.config import ChexConfig, DetectorConfig, GeneratorConfig, TextConfig, VisionConfig
 from chexcli.model.gpt2_text import build_tiny_gpt2_tokenizer
-from chexcli.model.official import bundle_info, derive_config, import_chexzero, import_official
+from chexcli.weights.chexzero import import_chexzero
+from chexcli.weights.derive import derive_config
+from chexcli.weights.info import bundle_info
+from chexcli.weights.official import import_official
 from chexcli.model.tiny import TINY_CORPUS, build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,7 +37,7 @@ def expected_json():
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from chexcli.model.official import import_official
+    from chexcli.weights.official import import_official
 
     checkpoint = next((FIXTURE / "models" / "chex_tiny").glob("run_*/checkpoints/checkpoint_*.pth"))
     return import_official(checkpoint, tmp_path_factory.mktemp("parity") / "chex_tiny",

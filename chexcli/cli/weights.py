@@ -37,7 +37,8 @@ def import_cmd(
 
     Example: chex weights import ~/Downloads/chex_stage3.zip --out models/chex --clip-vocab bpe_simple_vocab_16e6.txt.gz --lm-tokenizer gpt-2-pubmed-medium/
     """
-    from chexcli.model.official import bundle_info, import_official
+    from chexcli.weights.info import bundle_info
+    from chexcli.weights.official import import_official
 
     folder = import_official(source, out, clip_vocab=clip_vocab, lm_tokenizer=lm_tokenizer,
                              expect_sha256=expect_sha256, log=_log)
@@ -64,7 +65,8 @@ def import_chexzero_cmd(
     Example: chex weights import-chexzero best_64_5e-05_original_22000_0.864.pt --out models/chexzero-init --clip-vocab bpe_simple_vocab_16e6.txt.gz
     """
     from chexcli.model.config import ChexConfig
-    from chexcli.model.official import bundle_info, import_chexzero
+    from chexcli.weights.chexzero import import_chexzero
+    from chexcli.weights.info import bundle_info
 
     config = None
     if stage < 3:
@@ -83,7 +85,7 @@ def info_cmd(
 
     Example: chex weights info models/chex --json
     """
-    from chexcli.model.official import bundle_info
+    from chexcli.weights.info import bundle_info
 
     _report(bundle_info(bundle), as_json)
 
