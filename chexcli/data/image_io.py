@@ -360,3 +360,35 @@ def _dicom_to_unit(arr: np.ndarray, ds) -> np.ndarray:
     if photometric == "MONOCHROME1":
         unit = (1.0 - unit).astype(np.float32)
     return unit
+
+
+# --------------------------------------------------------------------------- pixel-count limit
+# One limit for every image reader (predict, prepare, the image cache), checked from the
+# header before any pixel is decoded: a tiny file can declare a huge image.
+
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "CHEX_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int:
+    """The pixel-count limit: ``$CHEX_MAX_IMAGE_PIXELS`` if set, else 100 megapixels."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        limit = int(value.replace("_", ""))
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise ChexError(f"{MAX_PIXELS_ENV}={value!r} is not a positive whole number of pixels")
+    return limit
+
+
+def check_pixel_limit(width: int, height: int, source: str | os.PathLike) -> None:
+    """Refuse an image whose header declares more pixels than :func:`max_image_pixels`."""
+    limit = max_image_pixels()
+    if int(width) * int(height) > limit:
+        raise ChexError(
+            f"{source}: the image is {int(width)}x{int(height)} pixels, more than the limit of "
+            f"{limit:,} pixels; set {MAX_PIXELS_ENV} to a larger value to read it"
+        )
