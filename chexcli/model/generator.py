@@ -44,6 +44,14 @@ class SentenceGenerator(nn.Module):
         kv = flat.view(m, c.prefix_length_factor, c.n_layer, 2, c.n_head, hd).permute(2, 3, 0, 4, 1, 5)
         return [kv[i, 0] for i in range(c.n_layer)], [kv[i, 1] for i in range(c.n_layer)]
 
+    def teacher_forcing_logits(self, features: Tensor, ids: Tensor, token_mask: Tensor) -> Tensor:
+        """Training: features (M, d), target ids (M, L) starting with the start token, token_mask (M, L)
+        -> next-token logits (M, L, V). Positions count real tokens from `position_offset`."""
+        keys, values = self.prefix(features)
+        positions = (token_mask.long().cumsum(dim=1) - 1).clamp(min=0) + self.cfg.position_offset
+        lm = self.language_model
+        return lm.logits(lm.hidden_states_with_prefix(ids, positions, keys, values, token_mask))
+
     @torch.no_grad()
     def generate(self, features: Tensor, max_new_tokens: int | None = None, min_new_tokens: int = 0) -> list[Generated]:
         """Greedy decoding for M regions at once. features: (M, d).

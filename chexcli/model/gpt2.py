@@ -17,8 +17,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from chexcli.model.config import GeneratorConfig
+
+DROPOUT = 0.1  # GPT-2's embedding, attention and residual dropout (active in training mode only)
 
 
 class Conv1D(nn.Module):
@@ -89,14 +92,20 @@ class _Attention(nn.Module):
         self.n_head = cfg.n_head
         self.c_attn = Conv1D(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = Conv1D(cfg.n_embd, cfg.n_embd)
+        self.dropout = DROPOUT  # attention-probability and residual dropout (training only)
+        self.resid_dropout = nn.Dropout(DROPOUT)
 
-    def forward(self, x: Tensor, cache: KVCache | None, layer: int, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None, layer: int, mask: Tensor | None,
+                prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
         b, t, c = x.shape
         hd = c // self.n_head
         q, k, v = self.c_attn(x).split(c, dim=2)
         q = q.view(b, t, self.n_head, hd).transpose(1, 2)
         k = k.view(b, t, self.n_head, hd).transpose(1, 2)
         v = v.view(b, t, self.n_head, hd).transpose(1, 2)
+        if prefix is not None:  # training: prefix keys/values (B, H, P, hd) before the tokens
+            k = torch.cat([prefix[0], k], dim=2)
+            v = torch.cat([prefix[1], v], dim=2)
         if cache is not None:
             start = cache.length
             cache.keys[layer][:, :, start : start + t] = k
@@ -106,8 +115,9 @@ class _Attention(nn.Module):
         if mask is None and t > 1:  # causal, aligned to the end of the key sequence
             past = k.shape[2] - t
             mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(past)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.c_proj(y.transpose(1, 2).reshape(b, t, c))
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, c)))
 
 
 class _MLP(nn.Module):
@@ -115,9 +125,10 @@ class _MLP(nn.Module):
         super().__init__()
         self.c_fc = Conv1D(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = Conv1D(4 * cfg.n_embd, cfg.n_embd)
+        self.dropout = nn.Dropout(DROPOUT)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.c_proj(gelu_new(self.c_fc(x)))
+        return self.dropout(self.c_proj(gelu_new(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -128,8 +139,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = _MLP(cfg)
 
-    def forward(self, x: Tensor, cache: KVCache | None, layer: int, mask: Tensor | None) -> Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, mask)
+    def forward(self, x: Tensor, cache: KVCache | None, layer: int, mask: Tensor | None,
+                prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, mask, prefix)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -140,6 +152,7 @@ class _Transformer(nn.Module):
         self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.drop = nn.Dropout(DROPOUT)
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.01)
 
@@ -159,6 +172,7 @@ class GPT2LanguageModel(nn.Module):
         self.cfg = cfg
         self.transformer = _Transformer(cfg)
         self.head: nn.Module | None = None  # set by int8 quantisation; None = tied to wte
+        self.gradient_checkpointing = False  # recompute block activations in backward (training)
         std = 0.02 / math.sqrt(2 * cfg.n_layer)
         for block in self.transformer.h:
             nn.init.normal_(block.attn.c_proj.weight, std=std)
@@ -170,6 +184,31 @@ class GPT2LanguageModel(nn.Module):
         x = tr.wte(ids) + tr.wpe(positions)
         for i, block in enumerate(tr.h):
             x = block(x, cache, i, mask)
+        return tr.ln_f(x)
+
+    def hidden_states_with_prefix(self, ids: Tensor, positions: Tensor, prefix_keys: list[Tensor],
+                                  prefix_values: list[Tensor], token_mask: Tensor) -> Tensor:
+        """Teacher forcing after per-layer prefix key/values (training).
+
+        ids, positions, token_mask: (B, T); prefix_keys[l], prefix_values[l]: (B, H, P, hd).
+        Every token sees the whole prefix and the earlier real tokens (causal,
+        padding hidden as keys). Dropout is active in training mode.
+        Returns (B, T, n_embd).
+        """
+        tr = self.transformer
+        b, t = ids.shape
+        p = prefix_keys[0].shape[2]
+        causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
+        keys_ok = torch.cat([torch.ones(b, p, dtype=torch.bool, device=ids.device), token_mask.bool()], dim=1)
+        mask = torch.cat([torch.ones(t, p, dtype=torch.bool, device=ids.device), causal], dim=1)
+        mask = mask[None, None] & keys_ok[:, None, None, :]  # (B, 1, T, P + T)
+        x = tr.drop(tr.wte(ids) + tr.wpe(positions))
+        for i, block in enumerate(tr.h):
+            prefix = (prefix_keys[i], prefix_values[i])
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, None, i, mask, prefix, use_reentrant=False)
+            else:
+                x = block(x, None, i, mask, prefix)
         return tr.ln_f(x)
 
     def logits(self, hidden: Tensor) -> Tensor:

@@ -40,6 +40,7 @@ class PromptEncoder(TextTransformer):
         self.tokenizer = tokenizer
         self.placeholders = placeholders or {}
         self._cache: dict[str, Tensor] = {}
+        self.cache_enabled = True  # training switches it off while the text tower itself is trained
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -49,7 +50,7 @@ class PromptEncoder(TextTransformer):
             raise RuntimeError("this prompt encoder has no tokenizer")
         return self.tokenizer(texts, context_length=self.cfg.context_length)
 
-    def encode_sentences(self, texts: list[str], use_cache: bool = True) -> Tensor:
+    def encode_sentences(self, texts: list[str], use_cache: bool | None = None) -> Tensor:
         """texts (B) -> embeddings (B, d). Only uncached strings are encoded.
 
         Token sequences are cut to the longest one in the batch: with the
@@ -57,6 +58,8 @@ class PromptEncoder(TextTransformer):
         influence the result.
         """
         device = self.token_embedding.weight.device
+        if use_cache is None:
+            use_cache = self.cache_enabled
         if not texts:
             return torch.zeros(0, self.cfg.output_dim, device=device)
         unique = list(dict.fromkeys(texts))

@@ -1,0 +1,59 @@
+"""Training the sentence generator on region features (TRAINING.md §7.4.4 and §8).
+
+Targets are tokenised as `<|endoftext|>` text `<|endoftext|>`, right-padded to
+the longest target. Two reference quirks are fixed by default (see
+docs/deviations.md): padding is not scored (`include_padding=False`), and a
+text longer than `max_length` is cut so that it keeps its end token.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from chexcli.train.losses import generation_loss
+
+
+def encode_targets(tokenizer, texts: list[str], bos_id: int, eos_id: int, pad_id: int, max_length: int = 128,
+                   keep_end_token: bool = True) -> tuple[Tensor, Tensor]:
+    """texts (M) -> ids (M, L) and token mask (M, L), L <= max_length."""
+    rows = []
+    for text in texts:
+        body = tokenizer.encode(text, add_special_tokens=False) if hasattr(tokenizer, "encode") else tokenizer(text)
+        seq = [bos_id] + list(body) + [eos_id]
+        if len(seq) > max_length:
+            seq = seq[: max_length - 1] + [eos_id] if keep_end_token else seq[:max_length]
+        rows.append(seq)
+    length = max((len(r) for r in rows), default=1)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = True
+    return ids, mask
+
+
+def subsample_rows(m: int, limit: int, device) -> Tensor:
+    """Indices of at most `limit` of m rows, drawn uniformly without replacement (torch RNG)."""
+    if m <= limit:
+        return torch.arange(m, device=device)
+    return torch.multinomial(torch.ones(m), limit, replacement=False).sort().values.to(device)
+
+
+def sentence_generation_loss(model, features: Tensor, texts: list[str], max_sentences: int = 32,
+                             include_padding: bool = False, keep_end_token: bool = True) -> Tensor:
+    """features (M, d) region features, texts (M) targets -> mean token cross-entropy.
+
+    At most `max_sentences` random rows are decoded (the reference's cap per call).
+    """
+    if features.shape[0] == 0:
+        return features.sum() * 0.0
+    gen = model.txt_decoder
+    cfg = gen.cfg
+    keep = subsample_rows(features.shape[0], max_sentences, features.device)
+    chosen = [texts[i] for i in keep.tolist()]
+    ids, mask = encode_targets(model.gpt2_tokenizer, chosen, cfg.bos_token_id, cfg.eos_token_id,
+                               cfg.pad_token_id, cfg.max_length, keep_end_token)
+    ids, mask = ids.to(features.device), mask.to(features.device)
+    logits = gen.teacher_forcing_logits(features[keep], ids, mask)
+    return generation_loss(logits, ids, mask, include_padding=include_padding)

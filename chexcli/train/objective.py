@@ -1,0 +1,114 @@
+"""The training forward of each run: batch -> (total loss, sub-losses).
+
+`ChexObjective` (stages 1, 2, 3): encode the image once, then the sentence,
+anatomy and pathology supervisors in that order (TRAINING.md §7).
+`TxtgenObjective`: the sentence generator learns to reconstruct report
+sentences from their frozen text embeddings (TRAINING.md §8).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from chexcli.data.names import multibox_mapping
+from chexcli.train.generation import sentence_generation_loss
+from chexcli.train.prompts import anatomy_bank, pathology_banks
+from chexcli.train.supervisors import (LossWeights, SupervisionOptions, anatomy_supervisor, pathology_supervisor,
+                                       sentence_supervisor)
+
+
+class ChexObjective(nn.Module):
+    """Wraps the model so DDP sees one module whose forward returns the loss."""
+
+    def __init__(self, model, weights: LossWeights, options: SupervisionOptions, class_names: list[str],
+                 anatomy_names: list[str], multi_names: list[str]):
+        super().__init__()
+        self.model = model
+        self.weights = weights
+        self.options = options
+        prompts = model.prompts or {}
+        self.anatomy = anatomy_bank(anatomy_names, prompts)
+        multi = [m for m in multi_names if m in multibox_mapping("cig_mapping")]
+        self.multi = anatomy_bank(multi, prompts) if multi else None
+        self.pos, self.neg = pathology_banks(class_names, prompts) if class_names else (None, None)
+
+    def text_strings(self) -> list[str]:
+        """Every prompt string this objective may embed (for warming the text cache)."""
+        banks = [self.anatomy, self.multi, self.pos, self.neg]
+        return [s for b in banks if b is not None for s in b.all_strings()]
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        w, opt = self.weights, self.options
+        x = batch["x"].to(self.model.device, non_blocking=True)
+        enc = self.model.encode_image(x)
+        total = enc.patch_features.sum() * 0.0
+        metrics: dict[str, float] = {}
+        if w.global_contrastive or w.sentence_contrastive or w.sentence_mse or w.sentence_generation:
+            loss, m = sentence_supervisor(self.model, enc, batch, w, opt)
+            total, metrics = total + loss, {**metrics, **m}
+        if w.anatomy_detection or w.anatomy_classification or w.anatomy_mse or w.anatomy_generation:
+            loss, m = anatomy_supervisor(self.model, enc, batch, w, opt, self.anatomy, self.multi, self.pos,
+                                         self.neg)
+            total, metrics = total + loss, {**metrics, **m}
+        if (w.pathology_detection or w.pathology_classification) and self.pos is not None:
+            loss, m = pathology_supervisor(self.model, enc, batch, w, opt, self.pos, self.neg)
+            total, metrics = total + loss, {**metrics, **m}
+        metrics["loss"] = float(total.detach())
+        return total, metrics
+
+
+class TxtgenObjective(nn.Module):
+    """Sentence-generator pretraining on report text (images are not used)."""
+
+    def __init__(self, model, max_sentences: int = 64, copies: tuple[int, int] = (1, 4), dropout: float = 0.3,
+                 include_padding: bool = False, keep_end_token: bool = True):
+        super().__init__()
+        self.model = model
+        self.max_sentences = max_sentences
+        self.copies = copies
+        self.dropout = nn.Dropout(dropout)
+        self.include_padding = include_padding
+        self.keep_end_token = keep_end_token
+
+    def text_strings(self) -> list[str]:
+        return []
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        sentences: list[str] = []
+        for report in batch.get("sentences") or []:
+            for s in report or []:
+                if len(sentences) < self.max_sentences:
+                    sentences.append(s)
+        device = self.model.device
+        if not sentences:
+            zero = sum(p.sum() for p in self.model.txt_decoder.parameters()) * 0.0
+            return zero, {"loss": 0.0}
+        emb = self.model.encode_sentences(sentences).to(device)  # (M, d), frozen text encoder
+        r = int(torch.randint(self.copies[0], self.copies[1] + 1, ()))
+        feats = self.dropout(emb[:, None].expand(-1, r, -1))  # (M, R, d): R noisy copies
+        loss = self._loss(feats, sentences)
+        return loss, {"txtgen_loss": float(loss.detach()), "loss": float(loss.detach())}
+
+    def _loss(self, feats: Tensor, texts: list[str]) -> Tensor:
+        """Prefix of R copies (copy-major) -> teacher-forced cross-entropy."""
+        from chexcli.train.generation import encode_targets
+        from chexcli.train.losses import generation_loss
+
+        gen = self.model.txt_decoder
+        cfg = gen.cfg
+        m, r, d = feats.shape
+        keys, values = gen.prefix(feats.reshape(m * r, d))
+        # (M*R, H, F, hd) per layer -> (M, H, R*F, hd): the copies' prefixes one after the other
+        keys = [k.view(m, r, *k.shape[1:]).permute(0, 2, 1, 3, 4).flatten(2, 3) for k in keys]
+        values = [v.view(m, r, *v.shape[1:]).permute(0, 2, 1, 3, 4).flatten(2, 3) for v in values]
+        ids, mask = encode_targets(self.model.gpt2_tokenizer, texts, cfg.bos_token_id, cfg.eos_token_id,
+                                   cfg.pad_token_id, cfg.max_length, self.keep_end_token)
+        ids, mask = ids.to(feats.device), mask.to(feats.device)
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0) + cfg.position_offset
+        lm = gen.language_model
+        logits = lm.logits(lm.hidden_states_with_prefix(ids, positions, keys, values, mask))
+        return generation_loss(logits, ids, mask, include_padding=self.include_padding)
+
+
+__all__ = ["ChexObjective", "TxtgenObjective", "sentence_generation_loss"]
