@@ -18,12 +18,16 @@ def fetch(
     workers: int = typer.Option(4, "--workers", min=1, help="parallel downloads"),
     include: Optional[List[str]] = typer.Option(None, "--include", help="only files matching this glob (repeatable)"),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="server root (default https://physionet.org or https://www.kaggle.com)"),
-    retries: int = typer.Option(5, "--retries", min=0, help="retries per file on network errors"),
+    retries: int = typer.Option(5, "--retries", min=0, help="retries per file (and for the checksum list) on network errors, 5xx, stalls"),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.01, help="seconds to wait for a connection or for any single read before the attempt is retried"),
+    stall_timeout: float = typer.Option(60.0, "--stall-timeout", min=0, help="retry an attempt that received fewer than --stall-bytes in this many seconds (0: off)"),
+    stall_bytes: int = typer.Option(16384, "--stall-bytes", min=1, help="see --stall-timeout"),
 ) -> None:
     """Download a raw dataset, resumably, and verify every file.
 
-    PhysioNet credentials come from PHYSIONET_USER / PHYSIONET_PASSWORD, a netrc entry or a
-    prompt; Kaggle credentials from KAGGLE_USERNAME / KAGGLE_KEY or ~/.kaggle/kaggle.json.
+    PhysioNet credentials come from PHYSIONET_USER / PHYSIONET_PASSWORD, a netrc entry or a prompt; Kaggle credentials from KAGGLE_USERNAME / KAGGLE_KEY or ~/.kaggle/kaggle.json.
+
+    No wait is unbounded: a silent server costs --timeout per attempt, a trickling one --stall-timeout, each followed by a retry that resumes where the data stopped. Exit code 2 for bad input or refused credentials, 1 if a file could not be fetched.
 
     Example: chex data fetch mimic-cxr --include 'mimic-cxr-reports.zip' --to ~/datasets/MIMIC-CXR/mimic-cxr_2-0-0
     """
@@ -32,14 +36,23 @@ def fetch(
     from chexcli.errors import ChexError
 
     dest = to or default_raw(name)
-    rep = do_fetch(name, dest, workers=workers, include=include, base_url=base_url, retries=retries)
+    rep = do_fetch(name, dest, workers=workers, include=include, base_url=base_url, retries=retries,
+                   timeout=timeout, stall_timeout=stall_timeout, stall_bytes=stall_bytes)
     typer.echo(f"{name}: {len(rep.downloaded)} downloaded, {len(rep.skipped)} already verified, "
                f"{len(rep.failed)} failed -> {dest}", err=True)
     for rel, why in rep.failed[:20]:
         typer.echo(f"  failed: {rel}: {why}", err=True)
+    if len(rep.failed) > 20:
+        typer.echo(f"  ... and {len(rep.failed) - 20} more", err=True)
     if rep.failed:
-        raise ChexError(f"{len(rep.failed)} file(s) could not be fetched; run the same command again "
-                        "to resume", exit_code=1)
+        n, final = len(rep.failed), len(rep.final)
+        if not final:
+            hint = "run the same command again to resume"
+        elif final == n:
+            hint = "rerunning will not help (see the reasons above)"
+        else:
+            hint = f"run the same command again to resume {n - final} of them; rerunning will not fix the other {final}"
+        raise ChexError(f"{n} file(s) could not be fetched; {hint}", exit_code=1)
 
 
 @app.command()
