@@ -57,12 +57,14 @@ def fetch(
 
 @app.command()
 def prepare(
-    name: str = typer.Argument(..., help="mimic (all four MIMIC sources), mimic-cxr-jpg, mimic-cxr, chest-imagenome, ms-cxr, vindr-cxr or nih-cxr14"),
+    name: str = typer.Argument(..., help="mimic (all four MIMIC sources), mimic-cxr-jpg, mimic-cxr, chest-imagenome, ms-cxr, vindr-cxr, nih-cxr14 or synthetic (generated, no download)"),
     raw: Optional[Path] = typer.Option(None, "--raw", help="raw folder (default: $CHEX_DATA_DIR/<dataset folder>)"),
     out: Optional[Path] = typer.Option(None, "--out", help="processed folder (default: $CHEX_DATA_DIR/<dataset>/processed)"),
     workers: int = typer.Option(2, "--workers", min=1, help="worker processes"),
     size: int = typer.Option(256, "--cache-size", help="image cache side: 256 (models up to 256 px) or 512"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
+    n: int = typer.Option(4000, "--n", min=1, help="synthetic: number of images"),
+    seed: int = typer.Option(0, "--seed", min=0, help="synthetic: seed (same seed and --n, same bytes)"),
 ) -> None:
     """Turn raw downloads into a processed folder (tables, uint8 image cache, manifest).
 
@@ -70,6 +72,8 @@ def prepare(
     could not be read (listed in skipped_images.csv), 0 otherwise.
 
     Example: chex data prepare mimic --raw ~/datasets/MIMIC-CXR --out ~/datasets/MIMIC-CXR/processed --workers 8
+
+    Example: chex data prepare synthetic --n 4000 --seed 0 --out data/synthetic
     """
     from chexcli.data.prepare import prepare as do_prepare
     from chexcli.data.sources import PREPARE_NAMES, default_out, default_raw
@@ -80,7 +84,7 @@ def prepare(
     if size not in (256, 512):
         raise ChexError("--cache-size must be 256 or 512")
     res = do_prepare(name, raw or default_raw(name), out or default_out(name), workers=workers,
-                     side=size)
+                     side=size, n=n, seed=seed)
     for m in res.messages:
         typer.echo(m, err=True)
     if as_json:

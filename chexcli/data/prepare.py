@@ -51,7 +51,7 @@ class PrepareResult:
 
 
 def prepare(name: str, raw: Path, out: Path, workers: int = 1, side: int = 256,
-            progress: bool = True) -> PrepareResult:
+            progress: bool = True, n: int = 4000, seed: int = 0) -> PrepareResult:
     raw, out = Path(raw), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if name == "mimic":
@@ -70,6 +70,10 @@ def prepare(name: str, raw: Path, out: Path, workers: int = 1, side: int = 256,
             res.datasets.update(r.datasets)
             res.messages.extend(r.messages)
         return res
+    if name == "synthetic":  # generated: ``raw`` is not read; ``n`` images from ``seed``
+        from chexcli.data.synthetic import prepare_synthetic
+
+        return prepare_synthetic(out, n=n, seed=seed, workers=workers, side=side, progress=progress)
     get_source(name)
     if name in MIMIC_PARTS:
         return prepare_mimic_part(name, raw, out, workers, side, progress)

@@ -47,7 +47,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
 ]}
 
 MIMIC_PARTS = ("mimic-cxr-jpg", "mimic-cxr", "chest-imagenome", "ms-cxr")
-PREPARE_NAMES = ("mimic",) + tuple(SOURCES)
+PREPARE_NAMES = ("mimic",) + tuple(SOURCES) + ("synthetic",)  # synthetic: generated, no raw data
 
 
 def data_root() -> Path:
@@ -62,12 +62,16 @@ def get_source(name: str) -> Source:
 
 
 def default_raw(name: str) -> Path:
+    if name == "synthetic":  # nothing is read
+        return data_root() / "synthetic"
     if name == "mimic":
         return data_root() / "MIMIC-CXR"
     return data_root() / get_source(name).raw_dir
 
 
 def default_out(name: str) -> Path:
+    if name == "synthetic":
+        return data_root() / "synthetic"
     if name == "mimic":
         return data_root() / SOURCES["mimic-cxr-jpg"].processed_dir
     return data_root() / get_source(name).processed_dir
