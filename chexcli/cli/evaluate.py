@@ -124,6 +124,10 @@ def evaluate(
         table.add_row(run.task.name, run.task.headline, value, spread)
     Console().print(table)
     err.print(f"metrics and predictions written to {run_dir}")
+    unreadable = sum(len(r.unreadable) for r in runs)
+    if unreadable:
+        raise ChexError(f"{unreadable} image(s) could not be read and were left out of the metrics; see "
+                        f"{run_dir}/*.skipped_images.csv", exit_code=1)
 
 
 evaluate.__doc__ = (evaluate.__doc__ or "") + "\n" + EXAMPLES

@@ -15,37 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from chexcli.data.names import anatomy_names, class_names
 from chexcli.evaluate.postprocess import postprocess_detections, postprocess_grounding
+from chexcli.evaluate.prompts import cos_logits, prompt_sets
+from chexcli.evaluate.records import corners, floats
+from chexcli.evaluate.report import report_records
 from chexcli.evaluate.tasks import TaskConfig
-from chexcli.metrics.boxes import cxcywh_to_xyxy
-
-
-def _corners(box) -> list[float]:
-    return [float(v) for v in cxcywh_to_xyxy(np.asarray(box, dtype=np.float64).reshape(1, 4))[0]]
-
-
-def _floats(x) -> list:
-    return np.asarray(x, dtype=np.float64).tolist()
-
-
-def cos_logits(features: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """cos(f, p) - cos(f, n): features (..., d), pos/neg broadcastable (..., d)."""
-    f = F.normalize(features, dim=-1)
-    return (f * F.normalize(pos, dim=-1)).sum(-1) - (f * F.normalize(neg, dim=-1)).sum(-1)
-
-
-def prompt_sets(model) -> dict[str, dict[str, list[str]]]:
-    sets = (getattr(model, "prompts", None) or {}).get("prompt_sets")
-    if not sets:
-        from chexcli.model.bundle import default_prompts
-
-        sets = default_prompts()["prompt_sets"]
-    return sets
 
 
 class TaskInference:
@@ -98,8 +75,6 @@ class TaskInference:
             return self._grounding(x, batch)
         if kind in ("box_explanation", "anatomy_explanation"):
             return self._regions(x, batch)
-        from chexcli.evaluate.report import report_records
-
         return report_records(self, x, batch)
 
     # ------------------------------------------------------------------ detection
@@ -116,11 +91,11 @@ class TaskInference:
         for i, sid in enumerate(batch["sample_id"]):
             queries = []
             for k, name in enumerate(self.names):
-                regions = [{"box": _corners(mb[i, k, r]), "box_model": _floats(mb[i, k, r]),
+                regions = [{"box": corners(mb[i, k, r]), "box_model": floats(mb[i, k, r]),
                             "weight": float(mw[i, k, r]), "present": bool(present[i, k, r]),
                             "logit": float(lg[i, k, r])} for r in range(mb.shape[2])]
                 queries.append({"type": "prompt", "prompt": self.box_prompts[k], "prompt_source": f"pathology:{name}",
-                                "class": name, "box": _corners(hull[i, k]), "box_model": _floats(hull[i, k]),
+                                "class": name, "box": corners(hull[i, k]), "box_model": floats(hull[i, k]),
                                 "score": float(hw[i, k]), "present": bool(present[i, k].any()),
                                 "regions": regions, "sentence": None})
             rec = {"image": str(sid), "task": self.task.name, "box_format": "model", "queries": queries}
@@ -151,7 +126,7 @@ class TaskInference:
         for i, sid in enumerate(batch["sample_id"]):
             queries = []
             for k, sentence in enumerate(sents[i]):
-                regions = [{"box": _corners(mb[i, k, r]), "box_model": _floats(mb[i, k, r]),
+                regions = [{"box": corners(mb[i, k, r]), "box_model": floats(mb[i, k, r]),
                             "weight": float(mw[i, k, r]), "present": bool(present[i, k, r])}
                            for r in range(mb.shape[2])]
                 queries.append({"type": "prompt", "prompt": sentence, "prompt_source": "sentence",
@@ -193,10 +168,10 @@ class TaskInference:
                     continue
                 q = {"type": "box", "prompt": region_names[i][j], "prompt_source":
                      f"anatomy:{region_names[i][j]}" if region_names[i][j] else None,
-                     "box": _corners(bx[i, j]), "box_model": _floats(bx[i, j]), "score": None,
+                     "box": corners(bx[i, j]), "box_model": floats(bx[i, j]), "score": None,
                      "present": bool(mk[i, j]), "regions": [],
                      "sentence": next(gen) if gen is not None and mk[i, j] else None,
-                     "probs": _floats(probs[i, j]) if mk[i, j] else None}
+                     "probs": floats(probs[i, j]) if mk[i, j] else None}
                 queries.append(q)
             records.append({"image": str(sid), "task": self.task.name, "box_format": "model", "queries": queries})
         return records
@@ -215,7 +190,7 @@ def apply_detection_postprocess(rec: dict, settings: dict, names: list[str]) -> 
     for q in rec["queries"]:
         q["detections"] = []
     for box, score, k in zip(b, s, lab):
-        rec["queries"][int(k)]["detections"].append({"box": _corners(box), "box_model": _floats(box),
+        rec["queries"][int(k)]["detections"].append({"box": corners(box), "box_model": floats(box),
                                                      "score": float(score)})
 
 
@@ -223,5 +198,5 @@ def apply_grounding_postprocess(rec: dict, settings: dict) -> None:
     for q in rec["queries"]:
         b, s = postprocess_grounding([r["box_model"] for r in q["regions"]], [r["weight"] for r in q["regions"]],
                                      settings)
-        q["detections"] = [{"box": _corners(box), "box_model": _floats(box), "score": float(sc)}
+        q["detections"] = [{"box": corners(box), "box_model": floats(box), "score": float(sc)}
                            for box, sc in zip(b, s)]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from chexcli.evaluate.inference import _corners, _floats, cos_logits
+from chexcli.evaluate.prompts import cos_logits
+from chexcli.evaluate.records import corners, floats
 
 
 def synonym_removal(embeddings: torch.Tensor | np.ndarray, preference, hard: float = 0.95, soft: float = 0.90,
@@ -92,10 +93,10 @@ def report_records(inf, x: torch.Tensor, batch: dict) -> list[dict]:
         queries = []
         for k in range(q):
             queries.append({"type": "prompt", "prompt": inf.query_prompts[k], "prompt_source": inf.query_kinds[k],
-                            "box": _corners(hull[i, k]), "box_model": _floats(hull[i, k]),
+                            "box": corners(hull[i, k]), "box_model": floats(hull[i, k]),
                             "score": float(weights[i, k]), "present": bool(present[i, k]),
                             "positiveness": float(pis[i, k]), "selected": bool(sel[i, k]),
-                            "regions": [{"box": _corners(mb[i, k, j]), "box_model": _floats(mb[i, k, j]),
+                            "regions": [{"box": corners(mb[i, k, j]), "box_model": floats(mb[i, k, j]),
                                          "weight": float(mw[i, k, j]), "present": bool(mw[i, k, j] > 0.5)}
                                         for j in range(mb.shape[2])],
                             "sentence": by_query.get(k), "kept": k in kept_queries})

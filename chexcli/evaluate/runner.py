@@ -4,7 +4,8 @@ Files written into the run folder, per evaluated task (`<split>_<task>` prefix):
 `<split>_<task>.predictions.jsonl` (one JSON line per image, model runs only),
 `<split>_<task>.json` (flat metrics: point values, or `/mean`, `/std`, `/point`,
 `/ci_low`, `/ci_high` when bootstrapped), `<split>_<task>[_<group>]_bootstrap.csv`
-(one row per replicate); and for the run: `settings.json` (task -> the
+(one row per replicate), `<split>_<task>.skipped_images.csv` (images that could not be
+read: left out of the metrics, the run goes on); and for the run: `settings.json` (task -> the
 post-processing settings used; reusable with `--settings`), `metrics.json`
 (all tasks, keys prefixed `<split>_<task>/`), `args.json`.
 """
@@ -21,6 +22,7 @@ import torch
 
 from chexcli.errors import ChexError
 from chexcli.evaluate.inference import TaskInference, apply_detection_postprocess, apply_grounding_postprocess
+from chexcli.evaluate.records import read_predictions
 from chexcli.evaluate.scoring import TaskScores, score_task
 from chexcli.evaluate.targets import batch_targets
 from chexcli.evaluate.tasks import TaskConfig
@@ -36,73 +38,103 @@ class TaskRun:
     scores: TaskScores
     settings: dict
     files: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (sample_id, reason) left out
 
     @property
     def prefix(self) -> str:
         return f"{self.split}_{self.task.name}"
 
 
+class SkipUnreadable(torch.utils.data.Dataset):
+    """A ChexDataset whose unreadable images become {"unreadable": (sample_id, reason)} instead of an error.
+
+    Evaluation lists such an image and goes on with the others (the NIH images are read
+    from the raw files at this point; a file may have been damaged after prepare).
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            return self.dataset[i]
+        except ChexError as err:
+            return {"unreadable": (self.dataset.sample_id(self.dataset.df.iloc[i]), " ".join(str(err).split()))}
+
+
+def collate_readable(samples: list[dict]) -> dict:
+    """`collate` of the readable samples; the others are listed under "unreadable" (no "x" if none is left)."""
+    from chexcli.data.dataset import collate
+
+    good = [s for s in samples if "unreadable" not in s]
+    batch = collate(good) if good else {}
+    batch["unreadable"] = [s["unreadable"] for s in samples if "unreadable" in s]
+    return batch
+
+
 def make_loader(data_dir: str | Path, task: TaskConfig, split: str, batch_size: int, workers: int = 0):
     from torch.utils.data import DataLoader
 
-    from chexcli.data.dataset import ChexDataset, collate
+    from chexcli.data.dataset import ChexDataset
 
     ds = ChexDataset(data_dir, task.dataset, split=split, transform="eval")
     if len(ds) == 0:
         raise ChexError(f"the {split} split of {task.dataset} in {data_dir} is empty; prepare the dataset first")
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=collate,
-                      num_workers=workers)
+    return DataLoader(SkipUnreadable(ds), batch_size=batch_size, shuffle=False, drop_last=False,
+                      collate_fn=collate_readable, num_workers=workers)
+
+
+def _readable_batches(loader, unreadable: list | None):
+    """The batches of `loader` that hold at least one image; unreadable images go to `unreadable`."""
+    for batch in loader:
+        if unreadable is not None:
+            unreadable.extend(batch["unreadable"])
+        if "x" in batch:
+            yield batch
 
 
 def run_inference(model, task: TaskConfig, data_dir, split: str, batch_size: int, device, sink=None,
-                  progress: Callable[[int, int], None] | None = None, workers: int = 0, seed: int = 42):
-    """(records, targets) of a split; each record is also written to `sink` as a JSON line."""
+                  progress: Callable[[int, int], None] | None = None, workers: int = 0, seed: int = 42,
+                  unreadable: list | None = None):
+    """(records, targets) of a split; each record is also written to `sink` as a JSON line.
+
+    Images that cannot be read are left out of both and appended to `unreadable` as
+    (sample_id, reason).
+    """
     loader = make_loader(data_dir, task, split, batch_size, workers)
     inf = TaskInference(model, task, device=device, seed=seed)
     records, targets = [], []
     total = len(loader.dataset)
+    skipped: list = []
     for batch in loader:
-        recs = inf(batch)
+        skipped += batch["unreadable"]
+        recs = inf(batch) if "x" in batch else []
         records += recs
-        targets += list(batch_targets(task.kind, batch))
+        if recs:
+            targets += list(batch_targets(task.kind, batch))
         if sink is not None:
             for r in recs:
                 sink.write(json.dumps(r) + "\n")
         if progress is not None:
-            progress(len(recs), total)
+            progress(len(recs) + len(batch["unreadable"]), total)
+    if unreadable is not None:
+        unreadable.extend(skipped)
+    if not records:
+        raise ChexError(f"no image of the {split} split of {task.dataset} in {data_dir} could be read "
+                        f"(first: {skipped[0][1] if skipped else 'none'})")
     return records, targets
 
 
-def load_targets(data_dir, task: TaskConfig, split: str, batch_size: int = 16, workers: int = 0) -> list[dict]:
+def load_targets(data_dir, task: TaskConfig, split: str, batch_size: int = 16, workers: int = 0,
+                 unreadable: list | None = None) -> list[dict]:
+    """Ground truth of a split (unreadable images left out and appended to `unreadable`)."""
     targets = []
-    for batch in make_loader(data_dir, task, split, batch_size, workers):
+    for batch in _readable_batches(make_loader(data_dir, task, split, batch_size, workers), unreadable):
         targets += list(batch_targets(task.kind, batch))
     return targets
-
-
-def read_predictions(path: str | Path, task: TaskConfig) -> list[dict]:
-    """Records of a prediction JSONL file (checks that they belong to `task`)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ChexError(f"prediction file {p} not found; pass the .predictions.jsonl of a `chex evaluate` run")
-    records = []
-    with open(p) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise ChexError(f"{p} line {n} is not JSON; pass a JSON-lines prediction file") from None
-            if not isinstance(rec, dict) or "image" not in rec or "queries" not in rec:
-                raise ChexError(f"{p} line {n} lacks 'image'/'queries'; pass a prediction file of `chex evaluate`")
-            if rec.get("task", task.name) != task.name:
-                raise ChexError(f"{p} holds predictions of task {rec['task']}, not {task.name}; "
-                                f"use --task {rec['task']}")
-            records.append(rec)
-    if not records:
-        raise ChexError(f"{p} holds no predictions")
-    return records
 
 
 def write_results(run_dir: Path, run: TaskRun) -> list[Path]:
@@ -135,11 +167,12 @@ def evaluate_task(task: TaskConfig, run_dir: Path, split: str, data_dir, model=N
     """
     run_dir = Path(run_dir)
     prefix = f"{split}_{task.name}"
+    unreadable: list[tuple[str, str]] = []
     if predictions is not None:
         records = read_predictions(predictions, task)
         if resettle:
             _repostprocess(task, records)
-        targets = load_targets(data_dir, task, split)
+        targets = load_targets(data_dir, task, split, unreadable=unreadable)
         files = []
     else:
         if model is None:
@@ -156,11 +189,20 @@ def evaluate_task(task: TaskConfig, run_dir: Path, split: str, data_dir, model=N
         tmp = path.with_suffix(".jsonl.part")
         with open(tmp, "w") as sink:
             records, targets = run_inference(model, task, data_dir, split, batch_size, device, sink=sink,
-                                             progress=progress, workers=workers, seed=seed)
+                                             progress=progress, workers=workers, seed=seed, unreadable=unreadable)
         tmp.replace(path)
         files = [path]
     scores = score_task(task, records, targets, n_bootstrap=n_bootstrap, labeler=labeler)
-    run = TaskRun(task, split, scores, task.settings, files)
+    run = TaskRun(task, split, scores, task.settings, files, unreadable)
+    if unreadable:
+        path = run_dir / f"{prefix}.skipped_images.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sample_id", "reason"])
+            w.writerows(unreadable)
+        run.files.append(path)
+        scores.notes.append(f"{len(unreadable)} image(s) could not be read and were left out of the metrics "
+                            f"(see {path.name}); first: {unreadable[0][1]}")
     run.files += write_results(run_dir, run)
     return run
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from chexcli.evaluate.records import read_predictions
 from chexcli.evaluate.runner import evaluate_task
 from chexcli.evaluate.tasks import load_task
 
@@ -14,6 +15,11 @@ from chexcli.evaluate.tasks import load_task
 def no_java(monkeypatch):
     """METEOR (12 s of JVM start) is covered in tests/metrics; here it is skipped."""
     monkeypatch.setattr("chexcli.metrics.text.shutil.which", lambda name: None)
+
+
+def _schema_ok(folder, name) -> int:
+    """The prediction file chex evaluate wrote passes the schema check of --predictions; its record count."""
+    return len(read_predictions(folder / f"test_{name}.predictions.jsonl", load_task(name)))
 
 
 def _short(name, **extra):
@@ -31,7 +37,7 @@ def test_detection_tune_bootstrap_and_rescore(tmp_path, processed, tiny_model):
     assert len(run.settings["box_scale_factors"]) == 8  # tuned per class
     pred = tmp_path / "test_od_mscxr.predictions.jsonl"
     lines = pred.read_text().splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 4 and _schema_ok(tmp_path, "od_mscxr") == 4
     rec = json.loads(lines[0])
     q = rec["queries"][0]
     assert rec["box_format"] == "model" and len(rec["queries"]) == 8
@@ -56,6 +62,7 @@ def test_grounding(tmp_path, processed, tiny_model):
     assert m["bIoU"] >= m["mIoU"]
     rec = json.loads((tmp_path / "test_sg_mscxr.predictions.jsonl").read_text().splitlines()[0])
     assert sorted(q["prompt"] for q in rec["queries"]) == ["left basal atelectasis", "right effusion"]
+    assert _schema_ok(tmp_path, "sg_mscxr") == 4
 
 
 def test_region_classification(tmp_path, processed, tiny_model):
@@ -67,6 +74,7 @@ def test_region_classification(tmp_path, processed, tiny_model):
     assert b["stats/count_per_sample/std"] >= 0
     assert (tmp_path / "test_rc_cig_cls_bootstrap.csv").is_file()
     assert len((tmp_path / "test_rc_cig_cls_bootstrap.csv").read_text().splitlines()) == 251  # fixed 250
+    assert _schema_ok(tmp_path, "rc_mscxr") == 4 and _schema_ok(tmp_path, "rc_cig") == 3
 
 
 def test_region_explanation_with_tiny_chexbert(tmp_path, processed, tiny_model):
@@ -87,6 +95,7 @@ def test_region_explanation_with_tiny_chexbert(tmp_path, processed, tiny_model):
     cig = evaluate_task(_short("rc_re_cig"), tmp_path, "test", processed, model=tiny_model)
     assert "loc_auroc/weighted" in cig.scores.metrics
     assert any("CheXbert" in n for n in cig.scores.notes)
+    assert _schema_ok(tmp_path, "rc_re_mscxr") == 4 and _schema_ok(tmp_path, "rc_re_cig") == 3
 
 
 def test_report_generation(tmp_path, processed, tiny_model):
@@ -98,6 +107,7 @@ def test_report_generation(tmp_path, processed, tiny_model):
     kept = [q["sentence"] for q in rec["queries"] if q["kept"]]
     assert rec["report"] == " ".join(kept)
     assert all(q["selected"] for q in rec["queries"][:14])  # every pathology query yields a sentence
+    assert _schema_ok(tmp_path, "rg_mimic") == 3
 
 
 def test_cli_evaluate_and_rescore(tmp_path, processed, tiny_bundle):
