@@ -52,10 +52,7 @@ def parse_set(item: str) -> dict[str, Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ChexError(f"--set {item!r}: the key must be dotted names, e.g. optim.lr")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    value = _parse_value(raw)
     out: dict[str, Any] = {}
     node = out
     parts = key.split(".")
@@ -63,6 +60,20 @@ def parse_set(item: str) -> dict[str, Any]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return out
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML, except that numbers such as 3e-4 (strings to YAML 1.1) become floats."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def resolve_recipe(stage: str, config_file: str | Path | None = None, sets: list[str] | None = None,

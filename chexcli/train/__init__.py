@@ -1,0 +1,1 @@
+"""Training: recipes, supervisors and losses, the trainer loop, checkpoints, DDP."""

@@ -1,0 +1,247 @@
+"""Loss terms of ChEX training (TRAINING.md §7), as plain functions with shape docstrings.
+
+Boxes are center format (x_c, y_c, w, h) in [0, 1]. "L1" is the sum of
+absolute differences over the four coordinates; GIoU is computed on corners.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from chexcli.model.box_ops import cxcywh_to_xyxy
+from chexcli.train.matcher import batched_balanced_match
+
+L1_COEFF, GIOU_COEFF = 5.0, 2.0
+
+
+# ------------------------------------------------------------------------------------------ boxes
+def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Elementwise GIoU of broadcastable center boxes (..., 4) -> (...). Areas clamped at 1e-7."""
+    a, b = cxcywh_to_xyxy(a), cxcywh_to_xyxy(b)
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    lo = torch.maximum(a[..., :2], b[..., :2])
+    hi = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (hi - lo).clamp(min=0).prod(dim=-1)
+    union = (area_a + area_b - inter).clamp(min=1e-7)
+    lo_c = torch.minimum(a[..., :2], b[..., :2])
+    hi_c = torch.maximum(a[..., 2:], b[..., 2:])
+    hull = (hi_c - lo_c).clamp(min=0).prod(dim=-1).clamp(min=1e-7)
+    return inter / union - (hull - union) / hull
+
+
+def box_pair_loss(pred: Tensor, target: Tensor, l1_coeff: float = L1_COEFF, giou_coeff: float = GIOU_COEFF) -> Tensor:
+    """Elementwise 5 * L1 + 2 * (1 - GIoU) of broadcastable boxes (..., 4) -> (...)."""
+    l1 = (pred - target).abs().sum(dim=-1)
+    return l1_coeff * l1 + giou_coeff * (1.0 - generalized_box_iou(pred, target))
+
+
+def box_cost(pred: Tensor, target: Tensor, l1_coeff: float = L1_COEFF, giou_coeff: float = GIOU_COEFF) -> Tensor:
+    """Pairwise cost: pred (..., R, 4), target (..., T, 4) -> (..., R, T)."""
+    return box_pair_loss(pred[..., :, None, :], target[..., None, :, :], l1_coeff, giou_coeff)
+
+
+def single_box_loss(pred: Tensor, target: Tensor, present: Tensor) -> tuple[Tensor, int]:
+    """Single-box anatomies (TRAINING.md §7.2.3): every one of the R boxes regresses to the target.
+
+    pred (N, A, R, 4), target (N, A, 4), present (N, A) bool -> (sum over present boxes, R * #present).
+    """
+    per = box_pair_loss(pred, target[:, :, None, :])  # (N, A, R)
+    mask = present.bool()
+    return (per * mask[..., None]).sum(), int(mask.sum()) * pred.shape[2]
+
+
+def multi_box_loss(pred: Tensor, weights: Tensor, target: Tensor, target_mask: Tensor) -> tuple[Tensor, int]:
+    """Multi-box anatomies (§7.2.3): balanced matching with cost 5 L1 + 2 (1 - GIoU) + 3 (1 - w).
+
+    pred (N, G, R, 4), weights (N, G, R), target (N, G, K, 4), target_mask (N, G, K)
+    -> (sum over (n, g) with a target of the mean pair loss over assigned pairs, #(n, g) with a target).
+    """
+    n, g, r, _ = pred.shape
+    k = target.shape[2]
+    pair = box_cost(pred, target)  # (N, G, R, K)
+    cost = pair + 3.0 * (1.0 - weights)[..., None]
+    _, assign = batched_balanced_match(cost.reshape(n * g, r, k), target_mask.reshape(n * g, k))
+    assign = assign.view(n, g, r, k).to(pair.dtype)
+    has = target_mask.bool().any(dim=-1)  # (N, G)
+    per = (assign * pair).sum(dim=(-1, -2)) / assign.sum(dim=(-1, -2)).clamp(min=1.0)
+    return (per * has).sum(), int(has.sum())
+
+
+# ------------------------------------------------------------------------------------------ focal
+def binary_focal_loss(prob: Tensor, target: Tensor, alpha: float | Tensor, gamma: float = 2.0) -> Tensor:
+    """Elementwise alpha_t (1 - p_t)^gamma BCE on probabilities (clamped to [1e-7, 1 - 1e-7], fp32)."""
+    p = prob.float().clamp(1e-7, 1 - 1e-7)
+    y = target.float()
+    bce = -(y * p.log() + (1 - y) * (1 - p).log())
+    p_t = y * p + (1 - y) * (1 - p)
+    alpha_t = y * alpha + (1 - y) * (1 - alpha)
+    return alpha_t * (1 - p_t) ** gamma * bce
+
+
+def pathology_detection_loss(pred_boxes: Tensor, weights: Tensor, cls_prob: Tensor, target: Tensor,
+                             target_mask: Tensor, class_mask: Tensor) -> dict[str, Tensor]:
+    """Pathology detection (§7.3.2): matched box loss + 3 x auto-weighted focal loss on region weights.
+
+    pred_boxes (N, C, R, 4), weights (N, C, R), cls_prob (N, C, R) probability of the positive
+    prompt, target (N, C, M, 4), target_mask (N, C, M), class_mask (N, C) flagged classes.
+    Returns box_loss, weights_loss and total = box_loss + 3 * weights_loss (scalars).
+    """
+    n, c, r, _ = pred_boxes.shape
+    m = target.shape[2]
+    cmask = class_mask.bool()
+    pair = box_cost(pred_boxes, target)  # (N, C, R, M)
+    cost = pair + 1.0 * (1.0 - cls_prob)[..., None] + 3.0 * (1.0 - weights)[..., None]
+    matched, assign = batched_balanced_match(cost.reshape(n * c, r, m), target_mask.reshape(n * c, m))
+    matched = matched.view(n, c, r)
+    assign = assign.view(n, c, r, m).to(pair.dtype)
+    has_box = target_mask.bool().any(dim=-1) & cmask  # (N, C)
+    per_class = (assign * pair).sum(dim=(-1, -2)) / assign.sum(dim=(-1, -2)).clamp(min=1.0) * has_box
+    denom = cmask.sum(dim=1).clamp(min=1)
+    box_loss = (per_class.sum(dim=1) / denom).mean()
+
+    valid = cmask[..., None].expand(n, c, r)
+    n_all = int(valid.sum())
+    n_pos = int((matched & valid).sum())
+    alpha = (n_all - n_pos + 1) / (n_all + 2)  # = w_pos / (w_pos + w_neg) of the reference
+    focal = binary_focal_loss(weights, matched, alpha).mean(dim=-1)  # (N, C)
+    weights_loss = ((focal * cmask).sum(dim=1) / denom).mean()
+    return {"box_loss": box_loss, "weights_loss": weights_loss, "total": box_loss + 3.0 * weights_loss}
+
+
+# ------------------------------------------------------------------------------------------ contrastive
+def global_contrastive_loss(image: Tensor, text: Tensor, tau: float = 0.2) -> Tensor:
+    """Image-report InfoNCE (§7.1), both directions summed: image (N, d), text (N, d) -> scalar."""
+    sim = F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t() / tau
+    labels = torch.arange(sim.shape[0], device=sim.device)
+    return F.cross_entropy(sim, labels) + F.cross_entropy(sim.t(), labels)
+
+
+def sentence_region_contrastive_loss(sentences: Tensor, regions: Tensor, mask: Tensor, tau: float = 0.25) -> Tensor:
+    """Region -> sentence InfoNCE with every valid sentence of the batch as a candidate (§7.1).
+
+    sentences, regions (N, S, d), mask (N, S) -> mean over samples with a sentence of the
+    per-sample mean over its valid sentences.
+    """
+    mask = mask.bool()
+    if not bool(mask.any()):
+        return regions.sum() * 0.0
+    s = F.normalize(sentences.float(), dim=-1)
+    r = F.normalize(regions.float(), dim=-1)
+    cands = s[mask]  # (M, d)
+    scores = r @ cands.t() / tau  # (N, S, M)
+    own = (r * s).sum(dim=-1) / tau  # (N, S)
+    loss = (scores.logsumexp(dim=-1) - own) * mask
+    per_sample = loss.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    has = mask.any(dim=1)
+    return per_sample[has].mean()
+
+
+def masked_mse_loss(target: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+    """(§7.1, §7.2.5) squared L2 over d, weighted m / sum(m) per sample, mean over all N samples.
+
+    target, pred (N, S, d), mask (N, S); a sample without a valid slot contributes 0.
+    """
+    if pred.shape[0] == 0:
+        return pred.sum() * 0.0
+    m = mask.float()
+    sq = ((pred.float() - target.float()) ** 2).sum(dim=-1)
+    w = m / m.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return (sq * w).sum(dim=1).mean()
+
+
+def anatomy_classification_loss(features: Tensor, pos: Tensor, neg: Tensor, labels: Tensor, valid: Tensor,
+                                tau: float = 0.25, n_negatives: int = 10,
+                                generator: torch.Generator | None = None) -> Tensor:
+    """Region classification against positive and "No X" prompts (§7.2.4).
+
+    features (N, A, d), pos/neg (C, d), labels (N, A, C) 0/1, valid (N, A, C) bool -> scalar.
+    Negative classes are subsampled to `n_negatives` (weights: positives per class + 1e-7).
+    """
+    valid = valid.bool()
+    y = labels.bool() & valid
+    c = pos.shape[0]
+    has_valid = valid.flatten(0, 1).any(dim=0)  # (C)
+    if c > n_negatives:
+        counts = y.flatten(0, 1).sum(dim=0).float().cpu() + 1e-7
+        pick = torch.multinomial(counts, n_negatives, replacement=False, generator=generator).to(features.device)
+        in_k = torch.zeros(c, dtype=torch.bool, device=features.device)
+        in_k[pick] = True
+        in_k &= has_valid
+    else:
+        in_k = has_valid
+    f = F.normalize(features.float(), dim=-1)
+    sp = f @ F.normalize(pos.float(), dim=-1).t() / tau  # (N, A, C)
+    sq = f @ F.normalize(neg.float(), dim=-1).t() / tau
+    pos_p = y  # positive prompt is right
+    pos_q = valid & ~y & in_k[None, None]  # "No X" is right
+    in_d = valid & (y | in_k[None, None])  # both prompts of these classes are candidates
+    n_pos = pos_p.sum(dim=-1) + pos_q.sum(dim=-1)  # (N, A)
+    regions = n_pos > 0
+    if not bool(regions.any()):
+        return features.sum() * 0.0
+    mean_pos = ((sp * pos_p).sum(dim=-1) + (sq * pos_q).sum(dim=-1)) / n_pos.clamp(min=1)
+    neg_inf = torch.finfo(sp.dtype).min
+    cand = torch.cat([sp.masked_fill(~in_d, neg_inf), sq.masked_fill(~in_d, neg_inf)], dim=-1)
+    loss = cand.logsumexp(dim=-1) - mean_pos
+    return loss[regions].mean()
+
+
+def pathology_classification_loss(features: Tensor, pos: Tensor, neg: Tensor, labels: Tensor, mask: Tensor,
+                                  tau: float = 0.2) -> Tensor:
+    """Image-level classification over the 2C prompts (§7.3.3).
+
+    features (N, C, d) aggregated query features, pos/neg (C, d), labels (N, C), mask (N, C)
+    -> masked mean over classes per sample, mean over samples with a flagged class.
+    """
+    n, c, _ = features.shape
+    f = F.normalize(features.float(), dim=-1)
+    prompts = F.normalize(torch.cat([pos, neg], dim=0).float(), dim=-1)  # (2C, d)
+    logits = f @ prompts.t() / tau  # (N, C, 2C)
+    index = torch.arange(c, device=features.device)[None].expand(n, c)
+    target = torch.where(labels.bool(), index, index + c)
+    ce = F.cross_entropy(logits.reshape(n * c, 2 * c), target.reshape(-1), reduction="none").view(n, c)
+    m = mask.bool()
+    has = m.any(dim=1)
+    if not bool(has.any()):
+        return features.sum() * 0.0
+    per_sample = (ce * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+    return per_sample[has].mean()
+
+
+# ------------------------------------------------------------------------------------------ subsampling
+def expected_count_subsample(candidates: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """Keep each candidate with probability min(1, k / #candidates) (§7.4.1); (K,) bool -> (K,) bool.
+
+    When nothing is kept, the first k candidates in index order are.
+    """
+    cand = candidates.bool()
+    count = int(cand.sum())
+    if count == 0:
+        return cand.clone()
+    p = min(1.0, k / count)
+    draw = torch.rand(cand.shape, generator=generator, device="cpu").to(cand.device)
+    keep = cand & (draw < p)
+    if not bool(keep.any()):
+        first = cand.nonzero().squeeze(1)[:k]
+        keep = torch.zeros_like(cand)
+        keep[first] = True
+    return keep
+
+
+# ------------------------------------------------------------------------------------------ generation
+def generation_loss(logits: Tensor, ids: Tensor, token_mask: Tensor, include_padding: bool = False) -> Tensor:
+    """Next-token cross-entropy: logits (B, L, V) predict ids shifted by one (B, L).
+
+    include_padding=True scores every position (the reference, §7.4.4 step 5); False scores
+    only real tokens, the final end token included.
+    """
+    pred = logits[:, :-1].float()
+    target = ids[:, 1:]
+    ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none")
+    if include_padding:
+        return ce.mean()
+    w = token_mask[:, 1:].reshape(-1).float()
+    return (ce * w).sum() / w.sum().clamp(min=1.0)
