@@ -57,7 +57,8 @@ def fetch(
 
 @app.command()
 def prepare(
-    name: str = typer.Argument(..., help="mimic (all four MIMIC sources), mimic-cxr-jpg, mimic-cxr, chest-imagenome, ms-cxr, vindr-cxr, nih-cxr14 or synthetic (generated, no download)"),
+    name: str = typer.Argument(..., help="mimic (all four MIMIC sources), mimic-cxr-jpg, mimic-cxr, chest-imagenome, ms-cxr, "
+                                "vindr-cxr, nih-cxr14 or synthetic (generated, no download); short names: mimic-jpg, cig, mscxr, vindr, nih"),
     raw: Optional[Path] = typer.Option(None, "--raw", help="raw folder (default: $CHEX_DATA_DIR/<dataset folder>)"),
     out: Optional[Path] = typer.Option(None, "--out", help="processed folder (default: $CHEX_DATA_DIR/<dataset>/processed)"),
     workers: int = typer.Option(2, "--workers", min=1, help="worker processes"),
@@ -68,19 +69,19 @@ def prepare(
 ) -> None:
     """Turn raw downloads into a processed folder (tables, uint8 image cache, manifest).
 
-    Resumable: rerun the same command after an interruption. Exit code 1 if an image
-    could not be read (listed in skipped_images.csv), 0 otherwise.
+    Resumable: rerun the same command after an interruption. Exit code 1 if an image or
+    a report could not be read (listed in skipped_images.csv / skipped_reports.csv; the
+    rest is prepared), 2 for bad input (a missing or damaged raw table), 0 otherwise.
 
     Example: chex data prepare mimic --raw ~/datasets/MIMIC-CXR --out ~/datasets/MIMIC-CXR/processed --workers 8
 
     Example: chex data prepare synthetic --n 4000 --seed 0 --out data/synthetic
     """
     from chexcli.data.prepare import prepare as do_prepare
-    from chexcli.data.sources import PREPARE_NAMES, default_out, default_raw
+    from chexcli.data.sources import default_out, default_raw, resolve_name
     from chexcli.errors import ChexError
 
-    if name not in PREPARE_NAMES:
-        raise ChexError(f"unknown dataset {name!r}; choose one of: {', '.join(PREPARE_NAMES)}")
+    name = resolve_name(name)
     if size not in (256, 512):
         raise ChexError("--cache-size must be 256 or 512")
     res = do_prepare(name, raw or default_raw(name), out or default_out(name), workers=workers,
@@ -88,14 +89,17 @@ def prepare(
     for m in res.messages:
         typer.echo(m, err=True)
     if as_json:
-        typer.echo(json.dumps({"out": str(res.out), "skipped": res.skipped, "datasets": res.datasets}, indent=1))
+        typer.echo(json.dumps({"out": str(res.out), "skipped": res.skipped, "skipped_reports": res.skipped_reports,
+                               "datasets": res.datasets}, indent=1))
     else:
         for ds, s in res.datasets.items():
             typer.echo(f"{ds}: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()), err=True)
         typer.echo(f"prepared {name} -> {res.out}", err=True)
-    if res.skipped:
-        raise ChexError(f"{res.skipped} image(s) could not be read and were skipped; see "
-                        f"{res.skipped_file}", exit_code=1)
+    lost = [f"{n} {what} could not be read and were skipped (see {f})"
+            for n, what, f in ((res.skipped, "image(s)", res.skipped_file),
+                               (res.skipped_reports, "report(s)", res.skipped_reports_file)) if n]
+    if lost:
+        raise ChexError("; ".join(lost), exit_code=1)
 
 
 @app.command()

@@ -35,6 +35,7 @@ import pandas as pd
 from PIL import Image, ImageFile
 
 from chexcli.data.common import atomic_write_bytes, write_csv
+from chexcli.data.image_io import check_pixel_count
 from chexcli.errors import ChexError
 
 
@@ -97,8 +98,9 @@ def to_gray_pil(img: Image.Image) -> Image.Image:
 
 @contextlib.contextmanager
 def _tolerant_decoding():
-    """Decode truncated files (as the reference's caching does) and allow very large images,
-    only for the duration of the block: the PIL settings are process-wide."""
+    """Decode truncated files (as the reference's caching does) and turn PIL's size check off
+    (the pixel-count limit of image_io replaces it), only for the duration of the block: the
+    PIL settings are process-wide."""
     saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
     ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = True, None
     try:
@@ -108,9 +110,14 @@ def _tolerant_decoding():
 
 
 def load_cached_image(path: str, side: int) -> tuple[np.ndarray, int, int]:
-    """Decode one image file for the cache; returns (uint8 side x side, H, W) of the original."""
+    """Decode one image file for the cache; returns (uint8 side x side, H, W) of the original.
+
+    PIL's own size check is off here, so the pixel-count limit is checked from the header
+    before anything is decoded (an image over it is skipped and listed).
+    """
     with _tolerant_decoding(), Image.open(path) as img:
         w0, h0 = img.size
+        check_pixel_count(path, w0, h0)
         if img.format == "JPEG":
             tw, th = _target_size(w0, h0, side)
             img.draft("L", (tw, th))  # DCT scaling: decoded size stays >= (tw, th)

@@ -11,13 +11,17 @@ Processed folders hold plain files (DESIGN.md principle 4):
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
 import time
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from chexcli.errors import ChexError
@@ -86,6 +90,84 @@ def require_dir(path: Path, what: str, hint: str) -> Path:
     if not path.is_dir():
         raise ChexError(f"{what} not found: {path} ({hint})")
     return path
+
+
+# --------------------------------------------------------------------------- raw tables
+def read_raw_csv(path: Path, columns: Iterable[str], dtype: dict | None = None, numeric: Iterable[str] = (),
+                 numeric_or_empty: Iterable[str] = (), allow_no_rows: bool = False,
+                 all_columns: bool = False) -> pd.DataFrame:
+    """Read the ``columns`` (or, with ``all_columns``, every column) of a raw CSV (plain or
+    ``.gz``), requiring ``columns``, with one-line errors naming the file.
+
+    Column names are compared with surrounding spaces removed. ``numeric`` columns must hold
+    a finite number in every row, ``numeric_or_empty`` columns a number or nothing. Refuses
+    an empty file, a ``.gz`` that is not gzip, text that is not UTF-8, a missing column and
+    (unless ``allow_no_rows``) a table without rows.
+    """
+    path = Path(path)
+    wanted = list(dict.fromkeys(columns))
+    try:
+        usecols = None if all_columns else (lambda c: str(c).strip() in wanted)
+        df = pd.read_csv(path, usecols=usecols, dtype=dtype, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise ChexError(f"{path} is empty; download it again") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise ChexError(f"{path} is not a complete gzip file ({_short(err)}); download it again") from None
+    except UnicodeDecodeError:
+        raise ChexError(f"{path} is not UTF-8 text (is it the right file?); download it again") from None
+    except (pd.errors.ParserError, ValueError) as err:
+        raise ChexError(f"{path} is not a readable CSV table ({_short(err)}); download it again") from None
+    except OSError as err:
+        raise ChexError(f"cannot read {path} ({_short(err)})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise ChexError(f"{path} lacks the column(s) {', '.join(repr(c) for c in missing)}; "
+                        "is it the file of the release? download it again")
+    if not allow_no_rows and df.empty:
+        raise ChexError(f"{path} has a header but no rows; download it again")
+    require_numeric(df, numeric, path)
+    require_numeric(df, numeric_or_empty, path, allow_empty=True)
+    return df
+
+
+def require_numeric(df: pd.DataFrame, columns: Iterable[str], path: Path, allow_empty: bool = False) -> None:
+    """Convert ``columns`` to numbers in place (int64 when every value is whole, else float);
+    refuse the first cell that is not a finite number.
+
+    Line numbers count the header as line 1 (row ``i`` of the table is on line ``i + 2``).
+    """
+    for col in columns:
+        values = pd.to_numeric(df[col], errors="coerce").astype(float)
+        bad = ~np.isfinite(values.to_numpy())
+        if allow_empty:
+            bad &= df[col].notna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            cell = df[col].iloc[row]
+            what = "is empty" if pd.isna(cell) else f"holds {cell!r}" if isinstance(cell, str) else f"holds {cell}"
+            raise ChexError(f"{path} line {row + 2}: column {col!r} {what}, not a number")
+        whole = values.notna().all() and bool(((values == values.round()) & (values.abs() < 2**53)).all())
+        df[col] = values.astype("int64") if whole else values
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class PrepareResult:
+    """What one ``chex data prepare`` step did: datasets written, images and reports skipped."""
+
+    out: Path
+    skipped: int = 0
+    skipped_file: Path | None = None
+    skipped_reports: int = 0
+    skipped_reports_file: Path | None = None
+    datasets: dict = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- tables

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import zipfile
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -56,8 +57,11 @@ def list_scene_graphs(silver: Path) -> tuple[str, list[str]]:
             return "dir", files
     z = silver / "scene_graph.zip"
     if z.is_file():
-        with zipfile.ZipFile(z) as zf:
-            return "zip", sorted(n for n in zf.namelist() if n.endswith("_SceneGraph.json"))
+        try:
+            with zipfile.ZipFile(z) as zf:
+                return "zip", sorted(n for n in zf.namelist() if n.endswith("_SceneGraph.json"))
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ChexError(f"{z} is not a readable zip archive ({err}); download it again") from None
     raise ChexError(f"no scene graphs in {silver} (expected scene_graph/ or scene_graph.zip)")
 
 
@@ -141,7 +145,7 @@ def _task(name: str):
             with open(name, "rb") as f:
                 sg = json.load(f)
         return parse_scene_graph(sg, _G["sizes"])
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, zipfile.BadZipFile, zlib.error) as err:
         return None, f"unreadable: {name}: {err}", []
 
 
@@ -151,7 +155,7 @@ def prepare_imagenome(raw: Path, out: Path, frontal: pd.DataFrame, workers: int 
 
     from chexcli.data.common import source_digests
 
-    silver = find_silver(raw)
+    silver = find_silver(raw).resolve()
     mode, names = list_scene_graphs(silver)
     sizes = {d: (int(h), int(w)) for d, h, w in zip(frontal.index, frontal["H"], frontal["W"])}
     zpath = str(silver / "scene_graph.zip") if mode == "zip" else None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from chexcli.data.common import require_dir, require_file, write_csv
+from chexcli.data.common import read_raw_csv, require_dir, require_file, write_csv
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT = "mimic-cxr-2.0.0-split.csv.gz"
@@ -37,12 +37,13 @@ def frontal_table(root: Path) -> pd.DataFrame:
 
     Columns: dicom_id (index), H, W, view, study_id, subject_id, split, sample_id, path.
     """
-    meta = pd.read_csv(root / METADATA, usecols=["dicom_id", "Rows", "Columns", "ViewPosition"],
-                       dtype={"dicom_id": str, "ViewPosition": str})
+    meta = read_raw_csv(root / METADATA, ["dicom_id", "Rows", "Columns", "ViewPosition"],
+                        dtype={"dicom_id": str, "ViewPosition": str}, numeric=["Rows", "Columns"])
     meta = meta.rename(columns={"Rows": "H", "Columns": "W", "ViewPosition": "view"})
-    split = pd.read_csv(require_file(root / SPLIT, "MIMIC-CXR-JPG split file",
-                                     "it is part of the release; re-run fetch"),
-                        dtype={"dicom_id": str, "split": str})
+    split = read_raw_csv(require_file(root / SPLIT, "MIMIC-CXR-JPG split file",
+                                      "it is part of the release; re-run fetch"),
+                         ["dicom_id", "study_id", "subject_id", "split"], dtype={"dicom_id": str, "split": str},
+                         numeric=["study_id", "subject_id"])
     df = meta.merge(split[["dicom_id", "study_id", "subject_id", "split"]], on="dicom_id",
                     how="inner", sort=False)
     df = df[df["view"].isin(["PA", "AP"])].copy()
@@ -66,7 +67,7 @@ def prepare_jpg(raw: Path, out: Path, side: int, workers: int, progress: bool) -
     df["cached"] = [sid not in skipped_ids for sid in df["sample_id"]]
     write_csv(Path(out) / FRONTAL_TABLE, df)
     return {
-        "raw": str(root),
+        "raw": str(root.resolve()),
         "source_digests": source_digests(root, [root / METADATA, root / SPLIT]),
         "images": int(len(df)),
         "cached": int(res.done),

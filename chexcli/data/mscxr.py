@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from chexcli.data.common import source_digests, write_csv
+from chexcli.data.common import read_raw_csv, source_digests, write_csv
 from chexcli.errors import ChexError
 
 CSV_NAME = "MS_CXR_Local_Alignment_v1.0.0.csv"
@@ -31,11 +31,9 @@ def find_csv(raw: Path) -> Path:
 
 
 def prepare_mscxr(raw: Path, out: Path) -> dict:
-    path = find_csv(raw)
-    df = pd.read_csv(path, dtype={"dicom_id": str, "category_name": str, "label_text": str})
-    missing = {"dicom_id", "category_name", "label_text", "x", "y", "w", "h"} - set(df.columns)
-    if missing:
-        raise ChexError(f"{path} lacks the column(s) {sorted(missing)}; is this the MS-CXR 0.1 release?")
+    path = find_csv(raw).resolve()
+    df = read_raw_csv(path, ["dicom_id", "category_name", "label_text", "x", "y", "w", "h"],
+                      dtype={"dicom_id": str, "category_name": str, "label_text": str}, numeric=["x", "y", "w", "h"])
     boxes: dict[str, list] = {}
     phrases: dict[str, list] = {}
     for r in df.itertuples(index=False):

@@ -3,9 +3,13 @@ training list (DATASETS.md section 10). Images are read from the raw PNGs at loa
 as in the reference; nothing is moved or modified in the raw folder.
 
 Processed table ``nih_cxr.{all,train,val,test}.csv`` (index ``file_name``): ``path``
-(relative to the raw folder recorded in the manifest), ``H``, ``W`` (read from the PNG
-header; the reference assumes 1024), ``labels`` (JSON list), ``clsbbox`` (JSON list of
+(relative to the raw folder recorded in the manifest), ``H``, ``W`` (of the decoded PNG;
+the reference assumes 1024), ``labels`` (JSON list), ``clsbbox`` (JSON list of
 ``[x, y, x + w, y + h, "nih/<label>"]``; empty for the training list).
+
+Every image is decoded once at prepare time (after its header size passed the pixel-count
+limit), so an image that evaluation could not read is skipped and listed here instead;
+``nih_images_verified.csv`` remembers the results, so a rerun decodes only changed files.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ import random
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
-from chexcli.data.common import dataset_summary, source_digests, update_manifest, write_split_tables
+from chexcli.data.cache import write_skipped
+from chexcli.data.common import (PrepareResult, dataset_summary, read_manifest, read_raw_csv, source_digests,
+                                 update_manifest, write_csv, write_split_tables)
+from chexcli.data.image_io import check_image_size, read_image_uint8
 from chexcli.data.names import NIH_BOX_LABELS
 from chexcli.errors import ChexError
 
 NAME = "nih_cxr"
+VERIFIED = "nih_images_verified.csv"
+VERIFIED_COLUMNS = ["name", "path", "size", "mtime_ns", "H", "W", "reason"]
 
 
 def find_root(raw: Path) -> Path:
@@ -66,13 +74,83 @@ def split_boxes(box_images: list[str], seed: int = 0) -> tuple[list[str], list[s
     return list(dict.fromkeys(val)), list(dict.fromkeys(test))
 
 
-def prepare_nih(raw: Path, out: Path, workers: int = 1, progress: bool = True):
+# ----------------------------------------------------------------------------- image check
+def verify_image(path: str) -> tuple[int, int, str]:
+    """(H, W, "") of an image that decodes completely, else (0, 0, one-line reason).
+
+    The size comes from the header and is checked against the pixel-count limit before
+    anything is decoded; then the image is read with the reader evaluation uses, so an
+    image that passes here is readable there.
+    """
+    try:
+        check_image_size(path)  # header only: an image over the pixel limit is never decoded
+        arr = read_image_uint8(path)  # the reader evaluation uses, a full decode
+    except ChexError as err:
+        return 0, 0, " ".join(str(err).split())
+    except Exception as err:  # noqa: BLE001 - not an image, truncated header: reported, not fatal
+        return 0, 0, f"{path}: not a readable image ({' '.join(str(err).split())[:200]})"
+    return int(arr.shape[0]), int(arr.shape[1]), ""
+
+
+def _verify_task(item: tuple[str, str]) -> tuple[str, tuple[int, int, str]]:
+    return item[0], verify_image(item[1])
+
+
+def verify_images(files: dict[str, Path], out: Path, workers: int = 1,
+                  progress: bool = True) -> dict[str, tuple[int, int, str]]:
+    """File name -> (H, W, reason) of every image; reason is "" for a readable image.
+
+    Results are kept in ``nih_images_verified.csv`` (saved every 30 s and at the end), so a
+    rerun decodes only the images that are new or changed (size or modification time).
+    """
+    import multiprocessing as mp
+    import time
+
     from tqdm import tqdm
 
-    from chexcli.data.common import read_manifest
-    from chexcli.data.prepare import PrepareResult
+    record = Path(out) / VERIFIED
+    known: dict[str, tuple] = {}
+    if record.is_file():
+        try:
+            old = pd.read_csv(record, dtype={"name": str, "path": str, "reason": str}, keep_default_na=False)
+            known = {r[0]: tuple(r[1:]) for r in old[VERIFIED_COLUMNS].itertuples(index=False, name=None)}
+        except (ValueError, KeyError, OSError):
+            known = {}
+    stats = {name: (str(path), path.stat().st_size, path.stat().st_mtime_ns) for name, path in files.items()}
+    results: dict[str, tuple[int, int, str]] = {}
+    for name, stat in stats.items():
+        k = known.get(name)
+        if k is not None and tuple(k[:3]) == stat and not k[5]:  # failures are retried (limit may have changed)
+            results[name] = (int(k[3]), int(k[4]), "")
+    todo = [(name, str(files[name])) for name in files if name not in results]
 
-    root = find_root(raw)
+    def save() -> None:
+        rows = [(n, *stats[n], *results[n]) for n in files if n in results]
+        write_csv(record, pd.DataFrame(rows, columns=VERIFIED_COLUMNS), index=False)
+
+    bar = tqdm(total=len(todo), desc="NIH images (verify)", unit="img", disable=not progress or None, leave=False)
+    last = time.monotonic()
+    pool = mp.get_context("fork").Pool(workers) if workers > 1 and len(todo) > 1 else None
+    try:
+        it = pool.imap_unordered(_verify_task, todo, chunksize=16) if pool else map(_verify_task, todo)
+        for name, res in it:
+            results[name] = res
+            bar.update(1)
+            if time.monotonic() - last > 30:
+                save()
+                last = time.monotonic()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        save()
+    return results
+
+
+# ----------------------------------------------------------------------------- prepare
+def prepare_nih(raw: Path, out: Path, workers: int = 1, progress: bool = True) -> PrepareResult:
+    root = find_root(raw).resolve()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     man = read_manifest(out)
@@ -80,13 +158,11 @@ def prepare_nih(raw: Path, out: Path, workers: int = 1, progress: bool = True):
         raise ChexError(f"{out} holds a prepared {man['kind']} dataset; use another --out for NIH")
     update_manifest(out, "nih", "nih-cxr14", None)
     entry_file = _entry_file(root)
-    entries = pd.read_csv(entry_file, usecols=["Image Index", "Finding Labels"], dtype=str)
+    entries = read_raw_csv(entry_file, ["Image Index", "Finding Labels"], dtype=str)
     labels_of = dict(zip(entries["Image Index"], entries["Finding Labels"]))
-    bbox = pd.read_csv(root / "BBox_List_2017.csv", dtype={"Image Index": str, "Finding Label": str})
-    bbox.columns = [c.strip() for c in bbox.columns]
     xcol, ycol, wcol, hcol = "Bbox [x", "y", "w", "h]"
-    if not {xcol, ycol, wcol, hcol} <= set(bbox.columns):
-        raise ChexError(f"{root / 'BBox_List_2017.csv'} lacks the columns 'Bbox [x', y, w, 'h]'")
+    bbox = read_raw_csv(root / "BBox_List_2017.csv", ["Image Index", "Finding Label", xcol, ycol, wcol, hcol],
+                        dtype={"Image Index": str, "Finding Label": str}, numeric=[xcol, ycol, wcol, hcol])
     files = image_files(root)
     if not files:
         raise ChexError(f"no PNG images below {root} (expected images/*.png or images_0*/images/*.png)")
@@ -114,35 +190,30 @@ def prepare_nih(raw: Path, out: Path, workers: int = 1, progress: bool = True):
             rows.append((name, split, labs, boxes[name]))
     missing = [n for n, s, _, _ in rows if s != "train" and n not in files]
     present = [r for r in rows if r[0] in files]
-    sizes = []
-    for name, *_ in tqdm(present, desc="NIH image sizes", disable=not progress or None, leave=False):
-        try:
-            with Image.open(files[name]) as im:
-                sizes.append(im.size)
-        except OSError:
-            sizes.append((0, 0))
-    bad = [r[0] for r, s in zip(present, sizes) if s == (0, 0)]
+    checked = verify_images({r[0]: files[r[0]] for r in present}, out, workers=workers, progress=progress)
+    bad = [(r[0], checked[r[0]][2]) for r in present if checked[r[0]][2]]
+    good = [r for r in present if not checked[r[0]][2]]
     df = pd.DataFrame({
-        "file_name": [r[0] for r in present],
-        "path": [str(files[r[0]].relative_to(root)) for r in present],
-        "H": [float(s[1]) for s in sizes], "W": [float(s[0]) for s in sizes],
-        "labels": [json.dumps(r[2]) for r in present],
-        "clsbbox": [json.dumps(r[3]) for r in present],
-        "split": [r[1] for r in present],
+        "file_name": [r[0] for r in good],
+        "path": [str(files[r[0]].relative_to(root)) for r in good],
+        "H": [float(checked[r[0]][0]) for r in good], "W": [float(checked[r[0]][1]) for r in good],
+        "labels": [json.dumps(r[2]) for r in good],
+        "clsbbox": [json.dumps(r[3]) for r in good],
+        "split": [r[1] for r in good],
     }).set_index("file_name")
-    df = df[~df.index.isin(bad)]
     counts = write_split_tables(out, NAME, df)
     result = PrepareResult(out)
-    skipped = [(n, "", "image file missing") for n in missing] + [(n, str(files[n]), "unreadable PNG") for n in bad]
+    skipped = [(n, "", "image file missing") for n in missing] + [(n, str(files[n]), why) for n, why in bad]
     if skipped:
-        from chexcli.data.cache import write_skipped
-
         result.skipped_file = write_skipped(out, skipped)
         result.skipped = len(skipped)
+        result.messages.append(f"first unreadable image: {skipped[0][0]}: {skipped[0][2]}")
+    elif (out / "skipped_images.csv").exists():
+        (out / "skipped_images.csv").unlink()
     summary = dataset_summary(df, box_col="clsbbox")
     summary["files"] = {k: f"{NAME}.{k}.csv" for k, v in counts.items() if v} | {"all": f"{NAME}.all.csv"}
     result.datasets = {NAME: summary}
-    entry = {"raw": str(root.resolve()), "images": int(len(df)), "skipped": len(skipped),
+    entry = {"raw": str(root), "images": int(len(df)), "skipped": len(skipped),
              "source_digests": source_digests(root, [entry_file, root / "BBox_List_2017.csv"])}
     update_manifest(out, "nih", "nih-cxr14", entry, datasets=result.datasets)
     return result

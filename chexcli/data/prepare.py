@@ -10,18 +10,20 @@ a base folder that holds the four raw folders.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from chexcli.data import imagenome, mimic, mscxr, reports
-from chexcli.data.common import (dataset_summary, read_manifest, update_manifest, write_json,
-                                 write_split_tables)
-from chexcli.data.sources import MIMIC_PARTS, get_source
+from chexcli.data import imagenome, mimic, mscxr, nih, reports, vindr
+from chexcli.data.common import (PrepareResult, dataset_summary, read_manifest, update_manifest, write_csv,
+                                 write_json, write_split_tables)
+from chexcli.data.sources import MIMIC_PARTS, get_source, resolve_name
 from chexcli.errors import ChexError
 
+__all__ = ["PrepareResult", "prepare", "prepare_mimic_part", "compose_mimic"]
+
 REPORTS_FILE = "reports_processed.json"
+SKIPPED_REPORTS = "skipped_reports.csv"
 MIMIC_RAW_SUBDIRS = {
     "mimic-cxr-jpg": "mimic-cxr-jpg_2-0-0",
     "mimic-cxr": "mimic-cxr_2-0-0",
@@ -41,18 +43,11 @@ MIMIC_DATASETS = {
 }
 
 
-@dataclass
-class PrepareResult:
-    out: Path
-    skipped: int = 0
-    skipped_file: Path | None = None
-    datasets: dict = field(default_factory=dict)
-    messages: list[str] = field(default_factory=list)
-
-
 def prepare(name: str, raw: Path, out: Path, workers: int = 1, side: int = 256,
             progress: bool = True, n: int = 4000, seed: int = 0) -> PrepareResult:
-    raw, out = Path(raw), Path(out)
+    """Prepare dataset ``name`` (a canonical or short name, see sources.resolve_name) from ``raw`` into ``out``."""
+    name = resolve_name(name)
+    raw, out = Path(raw).expanduser().resolve(), Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     if name == "mimic":
         res = PrepareResult(out)
@@ -67,6 +62,8 @@ def prepare(name: str, raw: Path, out: Path, workers: int = 1, side: int = 256,
             r = prepare_mimic_part(part, sub, out, workers, side, progress)
             res.skipped += r.skipped
             res.skipped_file = r.skipped_file or res.skipped_file
+            res.skipped_reports += r.skipped_reports
+            res.skipped_reports_file = r.skipped_reports_file or res.skipped_reports_file
             res.datasets.update(r.datasets)
             res.messages.extend(r.messages)
         return res
@@ -78,12 +75,8 @@ def prepare(name: str, raw: Path, out: Path, workers: int = 1, side: int = 256,
     if name in MIMIC_PARTS:
         return prepare_mimic_part(name, raw, out, workers, side, progress)
     if name == "vindr-cxr":
-        from chexcli.data import vindr
-
         return vindr.prepare_vindr(raw, out, workers=workers, side=side, progress=progress)
     if name == "nih-cxr14":
-        from chexcli.data import nih
-
         return nih.prepare_nih(raw, out, workers=workers, progress=progress)
     raise ChexError(f"unknown dataset {name!r}")
 
@@ -110,14 +103,23 @@ def prepare_mimic_part(part: str, raw: Path, out: Path, workers: int, side: int,
     elif part == "mimic-cxr":
         if not raw.is_dir():
             raise ChexError(f"MIMIC-CXR report folder not found: {raw} (run `chex data fetch mimic-cxr`)")
-        processed = reports.prepare_reports(raw, workers=workers, progress=progress)
+        unreadable: list = []
+        processed = reports.prepare_reports(raw, workers=workers, progress=progress, skipped=unreadable)
         if not processed:
             raise ChexError(f"no reports found in {raw} (expected files/p*/p*/s*.txt or "
-                            "mimic-cxr-reports.zip)")
+                            "mimic-cxr-reports.zip)" + (f"; {len(unreadable)} are not UTF-8 text" if unreadable else ""))
         write_json(out / REPORTS_FILE, processed)
+        if unreadable:
+            res.skipped_reports_file = out / SKIPPED_REPORTS
+            write_csv(res.skipped_reports_file, pd.DataFrame(unreadable, columns=["study_id", "path", "reason"]),
+                      index=False)
+            res.skipped_reports = len(unreadable)
+            res.messages.append(f"first unreadable report: {unreadable[0][1]}: {unreadable[0][2]}")
+        elif (out / SKIPPED_REPORTS).exists():
+            (out / SKIPPED_REPORTS).unlink()
         from chexcli.data.common import source_digests
 
-        entry = {"raw": str(raw), "studies_with_report": len(processed),
+        entry = {"raw": str(raw.resolve()), "studies_with_report": len(processed), "skipped": len(unreadable),
                  "source_digests": source_digests(raw, [raw / "mimic-cxr-reports.zip"])}
     elif part == "chest-imagenome":
         frontal = _frontal(out)

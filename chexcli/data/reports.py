@@ -285,36 +285,67 @@ def _process_one(item: tuple[str, str]) -> tuple[str, list[str] | None]:
     return study[1:], report_sentences(text, study)
 
 
-def iter_report_texts(raw: "Path"):
+def iter_report_texts(raw: "Path", skipped: list | None = None):
     """Yield (``s<study_id>``, text) for every report under ``raw``.
 
     Accepts the extracted layout ``files/p*/p*/s*.txt`` or the release archive
-    ``mimic-cxr-reports.zip`` (read in place, nothing is extracted).
+    ``mimic-cxr-reports.zip`` (read in place, nothing is extracted). A report that is not
+    UTF-8 text (or cannot be read) is not yielded; ``(study_id, path, reason)`` is appended
+    to ``skipped`` instead.
     """
     import zipfile
     from pathlib import Path
+
+    from chexcli.errors import ChexError
+
+    def decode(data: bytes, study: str, where: str):
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if skipped is not None:
+                skipped.append((study[1:], where, f"not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start})"))
+            return None
 
     raw = Path(raw)
     files = sorted((raw / "files").glob("p*/p*/s*.txt")) if (raw / "files").is_dir() else []
     if files:
         for f in files:
-            yield f.stem, f.read_text("utf-8")
+            try:
+                data = f.read_bytes()
+            except OSError as err:
+                if skipped is not None:
+                    skipped.append((f.stem[1:], str(f), f"unreadable ({err.strerror or err})"))
+                continue
+            text = decode(data, f.stem, str(f))
+            if text is not None:
+                yield f.stem, text
         return
     zpath = raw / "mimic-cxr-reports.zip"
     if zpath.is_file():
-        with zipfile.ZipFile(zpath) as zf:
-            names = sorted(n for n in zf.namelist() if re.search(r"(^|/)s\d+\.txt$", n))
-            for n in names:
-                yield n.rsplit("/", 1)[-1][:-4], zf.read(n).decode("utf-8")
+        try:
+            with zipfile.ZipFile(zpath) as zf:
+                names = sorted(n for n in zf.namelist() if re.search(r"(^|/)s\d+\.txt$", n))
+                for n in names:
+                    study = n.rsplit("/", 1)[-1][:-4]
+                    text = decode(zf.read(n), study, f"{zpath}/{n}")
+                    if text is not None:
+                        yield study, text
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            raise ChexError(f"{zpath} is not a readable zip archive ({err}); download it again") from None
 
 
-def prepare_reports(raw: "Path", workers: int = 1, progress: bool = True) -> dict[str, list[str]]:
-    """Process every report found under ``raw``: study id (no ``s``) -> sentences."""
+def prepare_reports(raw: "Path", workers: int = 1, progress: bool = True,
+                    skipped: list | None = None) -> dict[str, list[str]]:
+    """Process every report found under ``raw``: study id (no ``s``) -> sentences.
+
+    Reports that cannot be read as UTF-8 text are listed in ``skipped`` (see
+    :func:`iter_report_texts`); the others are processed.
+    """
     import multiprocessing as mp
 
     from tqdm import tqdm
 
-    items = iter_report_texts(raw)
+    items = iter_report_texts(raw, skipped)
     result: dict[str, list[str]] = {}
     bar = tqdm(desc="reports", unit="report", disable=not progress or None, leave=False)
     if workers <= 1:

@@ -49,6 +49,28 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
 MIMIC_PARTS = ("mimic-cxr-jpg", "mimic-cxr", "chest-imagenome", "ms-cxr")
 PREPARE_NAMES = ("mimic",) + tuple(SOURCES) + ("synthetic",)  # synthetic: generated, no raw data
 
+#: the short names users type -> canonical names (compared case-insensitively, "_" as "-")
+SHORT_NAMES = {
+    "nih": "nih-cxr14", "vindr": "vindr-cxr", "cig": "chest-imagenome", "imagenome": "chest-imagenome",
+    "mscxr": "ms-cxr", "mimic-jpg": "mimic-cxr-jpg", "mimic-reports": "mimic-cxr",
+}
+
+
+def resolve_name(name: str, choices: tuple[str, ...] | None = None) -> str:
+    """The canonical dataset name of ``name`` (canonical or short, see SHORT_NAMES).
+
+    ``choices`` are the canonical names allowed here (default: PREPARE_NAMES; `fetch`
+    passes the sources). Unknown names raise a ChexError listing what is accepted.
+    """
+    choices = PREPARE_NAMES if choices is None else tuple(choices)
+    key = name.strip().lower().replace("_", "-")
+    canonical = key if key in choices else SHORT_NAMES.get(key)
+    if canonical not in choices:
+        short = [s for s, c in SHORT_NAMES.items() if c in choices]
+        raise ChexError(f"unknown dataset {name!r}; choose one of: {', '.join(choices)} "
+                        f"(short names: {', '.join(short)})")
+    return canonical
+
 
 def data_root() -> Path:
     root = os.environ.get("CHEX_DATA_DIR") or os.environ.get("DATA_DIR") or "~/datasets"
@@ -56,9 +78,8 @@ def data_root() -> Path:
 
 
 def get_source(name: str) -> Source:
-    if name not in SOURCES:
-        raise ChexError(f"unknown dataset {name!r}; choose one of: {', '.join(SOURCES)}")
-    return SOURCES[name]
+    """The Source of a canonical or short name (a short name such as ``nih`` is resolved)."""
+    return SOURCES[resolve_name(name, tuple(SOURCES))]
 
 
 def default_raw(name: str) -> Path:

@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexcli.data.common import dataset_summary, source_digests, update_manifest, write_split_tables
+from chexcli.data.cache import array_for_cache, build_cache, write_skipped
+from chexcli.data.common import (PrepareResult, dataset_summary, read_manifest, read_raw_csv, require_numeric,
+                                 source_digests, update_manifest, write_split_tables)
+from chexcli.data.image_io import check_pixel_count
 from chexcli.data.names import VINDR_LABELS
 from chexcli.errors import ChexError
 
@@ -41,15 +44,22 @@ def _label_frame(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     df = df.rename(columns={"Other diseases": "Other disease"})
     cols = [c for c in df.columns if c not in ("image_id", "rad_id")]
     if set(cols) != set(VINDR_LABELS):
-        raise ChexError(f"{path.name}: label columns differ from the VinDr-CXR 1.0.0 release "
+        raise ChexError(f"{path}: label columns differ from the VinDr-CXR 1.0.0 release "
                         f"(unexpected {sorted(set(cols) - set(VINDR_LABELS))}, missing "
-                        f"{sorted(set(VINDR_LABELS) - set(cols))})")
+                        f"{sorted(set(VINDR_LABELS) - set(cols))}); download it again")
+    require_numeric(df, VINDR_LABELS, path)
     return df[["image_id"] + (["rad_id"] if "rad_id" in df.columns else []) + VINDR_LABELS]
+
+
+def _read_labels(path: Path, rad_id: bool) -> pd.DataFrame:
+    """A label file: image_id (+ rad_id) and the label columns (checked by _label_frame)."""
+    return read_raw_csv(path, ["image_id", "rad_id"] if rad_id else ["image_id"],
+                        dtype={"image_id": str, "rad_id": str}, all_columns=True)
 
 
 def train_labels(path: Path) -> pd.DataFrame:
     """Majority vote over the radiologists of each image (ties -> 0, like pandas' mode)."""
-    df = _label_frame(pd.read_csv(path, dtype={"image_id": str}), path)
+    df = _label_frame(_read_labels(path, rad_id=True), path)
     g = df.drop(columns=["rad_id"]).groupby("image_id", sort=True)
     pos = g.sum()
     n = g.size()
@@ -59,7 +69,7 @@ def train_labels(path: Path) -> pd.DataFrame:
 
 
 def test_labels(path: Path, val_ratio: float = VAL_RATIO) -> pd.DataFrame:
-    df = _label_frame(pd.read_csv(path, dtype={"image_id": str}), path)
+    df = _label_frame(_read_labels(path, rad_id=False), path)
     perm = np.random.RandomState(SEED).permutation(len(df))
     df = df.iloc[perm].reset_index(drop=True)
     n_val = int(len(df) * val_ratio)
@@ -160,18 +170,20 @@ def dicom_to_uint8(path: str) -> np.ndarray:
     """VinDr DICOM -> equalised uint8 (H, W): raw stored values, MONOCHROME1 inverted with the
     image maximum, min-max to 8 bit (truncated) unless already uint8, histogram equalisation."""
     import pydicom
+    from pydicom.pixels import pixel_array
 
     ds = pydicom.dcmread(path)
+    check_pixel_count(path, int(ds.Columns), int(ds.Rows))  # before anything is decoded
     try:
-        arr = ds.pixel_array
+        arr = pixel_array(ds, index=0) if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 else ds.pixel_array
     except Exception as err:  # noqa: BLE001 - missing decoder plugins raise various types
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(ts, "name", str(ts))
         raise ChexError(f"cannot decode pixel data ({name}): {err}. Install a decoder plugin, e.g. "
                         "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` or "
                         "`pip install python-gdcm`") from None
-    if arr.ndim == 3:  # multi-frame or colour: first frame / luminance
-        arr = arr[0] if arr.shape[-1] not in (3, 4) else arr[..., :3].mean(axis=-1)
+    if arr.ndim == 3:  # colour: luminance
+        arr = arr[..., :3].mean(axis=-1)
     if str(getattr(ds, "PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         arr = arr.max() - arr
     if arr.dtype != np.uint8:
@@ -184,19 +196,13 @@ def dicom_to_uint8(path: str) -> np.ndarray:
 
 def load_vindr_cached(path: str, side: int):
     """Cache loader (picklable): DICOM -> equalised uint8 -> resized crop; returns (img, H, W)."""
-    from chexcli.data.cache import array_for_cache
-
     img = dicom_to_uint8(path)
     return array_for_cache(img, side), int(img.shape[0]), int(img.shape[1])
 
 
 # ----------------------------------------------------------------------------- prepare
-def prepare_vindr(raw: Path, out: Path, workers: int = 1, side: int = 256, progress: bool = True):
-    from chexcli.data.cache import build_cache, write_skipped
-    from chexcli.data.common import read_manifest
-    from chexcli.data.prepare import PrepareResult
-
-    root = find_root(raw)
+def prepare_vindr(raw: Path, out: Path, workers: int = 1, side: int = 256, progress: bool = True) -> PrepareResult:
+    root = find_root(raw).resolve()
     out = Path(out)
     man = read_manifest(out)
     if man and man.get("kind") not in (None, "vindr"):
@@ -210,9 +216,9 @@ def prepare_vindr(raw: Path, out: Path, workers: int = 1, side: int = 256, progr
             raise ChexError(f"{p} not found: the VinDr-CXR release is incomplete (re-run fetch)")
     tr = train_labels(files["image_labels_train"])
     te = test_labels(files["image_labels_test"])
-    box_cols = {"image_id": str, "class_name": str}
-    ann_tr = pd.read_csv(files["annotations_train"], dtype=box_cols)
-    ann_te = pd.read_csv(files["annotations_test"], dtype=box_cols)
+    box_cols = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
+    ann_tr, ann_te = (read_raw_csv(files[k], box_cols, dtype={"image_id": str, "class_name": str},
+                                   numeric_or_empty=box_cols[2:]) for k in ("annotations_train", "annotations_test"))
     boxes = _box_cells(ann_tr, fuse=True) | _box_cells(ann_te, fuse=False)
     df = pd.concat([tr, te])
     df.index.name = "image_id"

@@ -316,3 +316,37 @@ def make_nih(root: Path, kaggle_layout: bool = True, size: int = 128) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(gradient(size, size), "L").save(folder / name)
     return root
+
+
+# ----------------------------------------------------------------------------- damaged inputs
+def rewrite_csv(path: Path, edit) -> Path:
+    """Rewrite a raw CSV (plain or .gz) as ``edit(DataFrame)`` returns it."""
+    df = edit(pd.read_csv(path, dtype=str, keep_default_na=False))
+    if path.suffix == ".gz":
+        _gz_csv(path, df)
+    else:
+        df.to_csv(path, index=False)
+    return path
+
+
+def png_declaring_size(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header declares ``width`` x ``height`` 8-bit gray pixels (a decompression bomb
+    in miniature: a few hundred bytes that would need width * height bytes to decode)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (width + 1) * 4)  # only the first rows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    """Cut a file to ``keep`` of its bytes (an interrupted download)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: max(1, int(len(data) * keep))])
+    return path
