@@ -25,11 +25,11 @@ def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
     lo = torch.maximum(a[..., :2], b[..., :2])
     hi = torch.minimum(a[..., 2:], b[..., 2:])
     inter = (hi - lo).clamp(min=0).prod(dim=-1)
-    union = (area_a + area_b - inter).clamp(min=1e-7)
+    union = area_a + area_b - inter
     lo_c = torch.minimum(a[..., :2], b[..., :2])
     hi_c = torch.maximum(a[..., 2:], b[..., 2:])
-    hull = (hi_c - lo_c).clamp(min=0).prod(dim=-1).clamp(min=1e-7)
-    return inter / union - (hull - union) / hull
+    hull = (hi_c - lo_c).clamp(min=0).prod(dim=-1)
+    return inter / union.clamp(min=1e-7) - (hull - union) / hull.clamp(min=1e-7)
 
 
 def box_pair_loss(pred: Tensor, target: Tensor, l1_coeff: float = L1_COEFF, giou_coeff: float = GIOU_COEFF) -> Tensor:
@@ -72,10 +72,15 @@ def multi_box_loss(pred: Tensor, weights: Tensor, target: Tensor, target_mask: T
 
 # ------------------------------------------------------------------------------------------ focal
 def binary_focal_loss(prob: Tensor, target: Tensor, alpha: float | Tensor, gamma: float = 2.0) -> Tensor:
-    """Elementwise alpha_t (1 - p_t)^gamma BCE on probabilities (clamped to [1e-7, 1 - 1e-7], fp32)."""
-    p = prob.float().clamp(1e-7, 1 - 1e-7)
+    """Elementwise focal loss on probabilities: alpha_t (1 - p_t)^gamma BCE(p, y), in fp32.
+
+    prob (...) in [0, 1], target (...) 0/1 -> (...). The BCE uses p clamped to
+    [1e-7, 1 - 1e-7]; the modulating factor uses p itself.
+    """
+    p = prob.float()
     y = target.float()
-    bce = -(y * p.log() + (1 - y) * (1 - p).log())
+    pc = p.clamp(1e-7, 1 - 1e-7)
+    bce = -(y * pc.log() + (1 - y) * (1 - pc).log())
     p_t = y * p + (1 - y) * (1 - p)
     alpha_t = y * alpha + (1 - y) * (1 - alpha)
     return alpha_t * (1 - p_t) ** gamma * bce
@@ -85,9 +90,14 @@ def pathology_detection_loss(pred_boxes: Tensor, weights: Tensor, cls_prob: Tens
                              target_mask: Tensor, class_mask: Tensor) -> dict[str, Tensor]:
     """Pathology detection (§7.3.2): matched box loss + 3 x auto-weighted focal loss on region weights.
 
-    pred_boxes (N, C, R, 4), weights (N, C, R), cls_prob (N, C, R) probability of the positive
-    prompt, target (N, C, M, 4), target_mask (N, C, M), class_mask (N, C) flagged classes.
-    Returns box_loss, weights_loss and total = box_loss + 3 * weights_loss (scalars).
+    pred_boxes (N, C, R, 4), weights (N, C, R) region weights in [0, 1], cls_prob (N, C, R)
+    probability of the positive prompt, target (N, C, M, 4), target_mask (N, C, M) valid
+    targets, class_mask (N, C) flagged classes. Returns scalars box_loss, weights_loss and
+    total = box_loss + 3 * weights_loss.
+
+    The focal alpha = (n_neg + 1) / (n_all + 2) counts the whole N x C x R block of
+    `matched` (n_all = N * C * R, unflagged classes included), as the reference does; with
+    VinDr every sample flags all its box classes, so this equals the flagged-only count.
     """
     n, c, r, _ = pred_boxes.shape
     m = target.shape[2]
@@ -97,15 +107,14 @@ def pathology_detection_loss(pred_boxes: Tensor, weights: Tensor, cls_prob: Tens
     matched, assign = batched_balanced_match(cost.reshape(n * c, r, m), target_mask.reshape(n * c, m))
     matched = matched.view(n, c, r)
     assign = assign.view(n, c, r, m).to(pair.dtype)
-    has_box = target_mask.bool().any(dim=-1) & cmask  # (N, C)
+    has_box = target_mask.bool().any(dim=-1)  # (N, C)
     per_class = (assign * pair).sum(dim=(-1, -2)) / assign.sum(dim=(-1, -2)).clamp(min=1.0) * has_box
-    denom = cmask.sum(dim=1).clamp(min=1)
-    box_loss = (per_class.sum(dim=1) / denom).mean()
+    denom = cmask.sum(dim=1).clamp(min=1)  # (N,) all flagged classes, with or without a box
+    box_loss = ((per_class * cmask).sum(dim=1) / denom).mean()
 
-    valid = cmask[..., None].expand(n, c, r)
-    n_all = int(valid.sum())
-    n_pos = int((matched & valid).sum())
-    alpha = (n_all - n_pos + 1) / (n_all + 2)  # = w_pos / (w_pos + w_neg) of the reference
+    n_all = matched.numel()
+    n_pos = int(matched.sum())
+    alpha = (n_all - n_pos + 1) / (n_all + 2)  # = w_pos / (w_pos + w_neg)
     focal = binary_focal_loss(weights, matched, alpha).mean(dim=-1)  # (N, C)
     weights_loss = ((focal * cmask).sum(dim=1) / denom).mean()
     return {"box_loss": box_loss, "weights_loss": weights_loss, "total": box_loss + 3.0 * weights_loss}
@@ -152,41 +161,54 @@ def masked_mse_loss(target: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
     return (sq * w).sum(dim=1).mean()
 
 
+def negative_class_subset(labels: Tensor, valid: Tensor, n_negatives: int = 10,
+                          generator: torch.Generator | None = None) -> Tensor:
+    """The class set K of §7.2.4: labels, valid (N, A, C) -> (C,) bool.
+
+    With C <= n_negatives every class with a valid label; otherwise n_negatives distinct
+    classes drawn without replacement with weights (#positive labels of the class) + 1e-7,
+    then restricted to classes with a valid label.
+    """
+    has_valid = valid.bool().flatten(0, 1).any(dim=0)  # (C,)
+    c = has_valid.shape[0]
+    if c <= n_negatives:
+        return has_valid
+    weights = labels.bool().flatten(0, 1).sum(dim=0).float().cpu() + 1e-7
+    pick = torch.multinomial(weights, n_negatives, replacement=False, generator=generator)
+    in_k = torch.zeros(c, dtype=torch.bool)
+    in_k[pick] = True
+    return in_k.to(has_valid.device) & has_valid
+
+
 def anatomy_classification_loss(features: Tensor, pos: Tensor, neg: Tensor, labels: Tensor, valid: Tensor,
                                 tau: float = 0.25, n_negatives: int = 10,
                                 generator: torch.Generator | None = None) -> Tensor:
     """Region classification against positive and "No X" prompts (§7.2.4).
 
-    features (N, A, d), pos/neg (C, d), labels (N, A, C) 0/1, valid (N, A, C) bool -> scalar.
-    Negative classes are subsampled to `n_negatives` (weights: positives per class + 1e-7).
+    features (N, A, d) region features, pos/neg (C, d) prompts, labels (N, A, C) 0/1,
+    valid (N, A, C) bool -> scalar. Per region: positives P = {p_c: y=1} u {q_c: y=0, c in K},
+    candidates D = both prompts of every valid class with y=1 or in K;
+    loss = -mean_P score + logsumexp_D score, averaged over regions with any valid label.
+    A region whose P is empty (all its valid classes negative and outside K; the reference
+    gives -inf there) contributes 0 but still counts.
     """
     valid = valid.bool()
     y = labels.bool() & valid
-    c = pos.shape[0]
-    has_valid = valid.flatten(0, 1).any(dim=0)  # (C)
-    if c > n_negatives:
-        counts = y.flatten(0, 1).sum(dim=0).float().cpu() + 1e-7
-        pick = torch.multinomial(counts, n_negatives, replacement=False, generator=generator).to(features.device)
-        in_k = torch.zeros(c, dtype=torch.bool, device=features.device)
-        in_k[pick] = True
-        in_k &= has_valid
-    else:
-        in_k = has_valid
+    in_k = negative_class_subset(labels, valid, n_negatives, generator)[None, None]  # (1, 1, C)
     f = F.normalize(features.float(), dim=-1)
-    sp = f @ F.normalize(pos.float(), dim=-1).t() / tau  # (N, A, C)
-    sq = f @ F.normalize(neg.float(), dim=-1).t() / tau
-    pos_p = y  # positive prompt is right
-    pos_q = valid & ~y & in_k[None, None]  # "No X" is right
-    in_d = valid & (y | in_k[None, None])  # both prompts of these classes are candidates
-    n_pos = pos_p.sum(dim=-1) + pos_q.sum(dim=-1)  # (N, A)
-    regions = n_pos > 0
-    if not bool(regions.any()):
+    sp = f @ F.normalize(pos.float(), dim=-1).t() / tau  # (N, A, C) scores of the positive prompts
+    sq = f @ F.normalize(neg.float(), dim=-1).t() / tau  # (N, A, C) scores of the "No X" prompts
+    pos_q = valid & ~y & in_k  # "No X" is the right answer
+    in_d = valid & (y | in_k)  # both prompts of these classes are candidates
+    n_pos = y.sum(dim=-1) + pos_q.sum(dim=-1)  # (N, A)
+    labelled = valid.any(dim=-1)  # (N, A)
+    if not bool(labelled.any()):
         return features.sum() * 0.0
-    mean_pos = ((sp * pos_p).sum(dim=-1) + (sq * pos_q).sum(dim=-1)) / n_pos.clamp(min=1)
-    neg_inf = torch.finfo(sp.dtype).min
-    cand = torch.cat([sp.masked_fill(~in_d, neg_inf), sq.masked_fill(~in_d, neg_inf)], dim=-1)
-    loss = cand.logsumexp(dim=-1) - mean_pos
-    return loss[regions].mean()
+    mean_pos = ((sp * y).sum(dim=-1) + (sq * pos_q).sum(dim=-1)) / n_pos.clamp(min=1)
+    very_low = torch.finfo(sp.dtype).min
+    cand = torch.cat([sp.masked_fill(~in_d, very_low), sq.masked_fill(~in_d, very_low)], dim=-1)
+    loss = torch.where(n_pos > 0, cand.logsumexp(dim=-1) - mean_pos, torch.zeros_like(mean_pos))
+    return loss[labelled].sum() / labelled.sum()
 
 
 def pathology_classification_loss(features: Tensor, pos: Tensor, neg: Tensor, labels: Tensor, mask: Tensor,
@@ -222,7 +244,8 @@ def expected_count_subsample(candidates: Tensor, k: int, generator: torch.Genera
     if count == 0:
         return cand.clone()
     p = min(1.0, k / count)
-    draw = torch.rand(cand.shape, generator=generator, device="cpu").to(cand.device)
+    device = generator.device if generator is not None else cand.device
+    draw = torch.rand(cand.shape, generator=generator, device=device).to(cand.device)
     keep = cand & (draw < p)
     if not bool(keep.any()):
         first = cand.nonzero().squeeze(1)[:k]
@@ -238,6 +261,8 @@ def generation_loss(logits: Tensor, ids: Tensor, token_mask: Tensor, include_pad
     include_padding=True scores every position (the reference, §7.4.4 step 5); False scores
     only real tokens, the final end token included.
     """
+    if logits.shape[1] < 2:
+        return logits.sum() * 0.0
     pred = logits[:, :-1].float()
     target = ids[:, 1:]
     ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none")

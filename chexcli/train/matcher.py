@@ -37,15 +37,27 @@ def balanced_match(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return matched, assigned
 
 
+def _finite(cost: np.ndarray) -> np.ndarray:
+    """Replace NaN/inf (diverged predictions) by the largest finite cost, so SciPy can solve.
+
+    The reference lets SciPy raise here; the loss of such a step is NaN anyway and is only logged.
+    """
+    ok = np.isfinite(cost)
+    if ok.all():
+        return cost
+    fill = cost[ok].max() if ok.any() else 0.0
+    return np.where(ok, cost, fill).astype(cost.dtype)
+
+
 @torch.no_grad()
 def batched_balanced_match(cost: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """cost (B, R_s, T), valid targets (B, T) -> matched (B, R_s) bool, assign (B, R_s, T) bool.
 
     Solved per row on the CPU (no gradients); `assign[b, r, t]` is True when
-    prediction r is assigned to target t.
+    prediction r is assigned to target t. Rows without a valid target stay all False.
     """
     b, r_s, t = cost.shape
-    cost_np = cost.detach().float().cpu().numpy()
+    cost_np = _finite(cost.detach().float().cpu().numpy())
     valid_np = valid.detach().bool().cpu().numpy()
     matched = np.zeros((b, r_s), dtype=bool)
     assign = np.zeros((b, r_s, t), dtype=bool)

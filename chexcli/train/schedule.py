@@ -9,12 +9,26 @@ needs nothing else.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 
 def lr_at(t: int, base_lr: float, min_lr: float, warmup: int, total: int) -> float:
-    """Learning rate of update `t` (0-based)."""
+    """Learning rate at schedule step `t` (0-based; the reference passes micro-steps)."""
     if t >= total:
         return min_lr
     if t < warmup:
         return base_lr * t / warmup
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t / total))
+
+
+@dataclass(frozen=True)
+class CosineWarmupSchedule:
+    """The parameters of `lr_at`; `lr(t)` is the rate at step t (no other state to save or resume)."""
+
+    base_lr: float
+    min_lr: float
+    warmup: int
+    total: int
+
+    def lr(self, update_index: int) -> float:
+        return lr_at(update_index, self.base_lr, self.min_lr, self.warmup, self.total)
