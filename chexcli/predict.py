@@ -59,14 +59,19 @@ class ImagePrediction:
         return asdict(self)
 
 
-def resolve_prompt(model: ChEX, text: str) -> tuple[str, list[str]]:
+def resolve_prompt(model: ChEX, text: str, literal: bool = False) -> tuple[str, list[str]]:
     """Map a prompt to the strings whose mean embedding represents it.
 
     A known anatomy or pathology name of the model's prompt dictionaries
     (matched case-insensitively, with or without a prefix such as `cig/af/`)
-    uses the mean of its synonym prompts; anything else is embedded verbatim.
+    uses the mean of its synonym prompts; anything else, and every prompt when
+    `literal`, is embedded verbatim (source "sentence").
     Returns (source, prompt strings).
     """
+    if not text.strip():
+        raise ChexError("empty prompt: give some text, e.g. --prompt 'left lung opacity'")
+    if literal:
+        return "sentence", [text]
     sets = (model.prompts or {}).get("prompt_sets", {})
     assembly = (model.prompts or {}).get("model_prompt_assembly", {})
     wanted = " ".join(text.split()).lower()
@@ -83,25 +88,28 @@ class Predictor:
 
     def __init__(self, model: ChEX, device: str | torch.device = "cpu", generate: bool = True,
                  max_new_tokens: int | None = None, return_features: bool = False,
-                 use_post_decoder: bool = True):
+                 use_post_decoder: bool = True, literal: bool = False):
+        """literal: embed every text prompt exactly as given (no synonym means for known names)."""
         self.model = model.eval()
         self.device = torch.device(device)
         self.generate = generate and model.txt_decoder is not None and model.decode is not None
         self.max_new_tokens = max_new_tokens
         self.return_features = return_features
         self.use_post_decoder = use_post_decoder
+        self.literal = literal
         self._report_task = None
 
     def prompt_embeddings(self, prompts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
         """prompts (Q) -> sources (Q) and embeddings (Q, d); the model caches every string's embedding."""
-        resolved = [resolve_prompt(self.model, p) for p in prompts]
+        resolved = [resolve_prompt(self.model, p, self.literal) for p in prompts]
         return [src for src, _ in resolved], torch.stack(
             [self.model.encode_sentences(strings).mean(dim=0) for _, strings in resolved])
 
     def _preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[CropInfo, ...]]:
         """N grayscale images -> (N, 224, 224) network input on the device, and their crop geometry."""
         cfg = self.model.cfg
-        xs, infos = zip(*(preprocess_image(img, pixel_mean=cfg.pixel_mean, pixel_std=cfg.pixel_std) for img in images))
+        xs, infos = zip(*(preprocess_image(img, size=cfg.vision.image_size, pixel_mean=cfg.pixel_mean,
+                                           pixel_std=cfg.pixel_std) for img in images))
         return torch.stack(xs).to(self.device), infos
 
     @torch.inference_mode()

@@ -8,7 +8,6 @@ processed (the others are still written); 2 bad input for every image
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from chexcli.errors import ChexError
-from chexcli.runs import new_run_dir
+from chexcli.runs import run_folder
 
 
 def _to_user_boxes(boxes: list[tuple[float, float, float, float]], box_format: str, width: int, height: int):
@@ -122,7 +121,7 @@ def _human_lines(record: dict) -> list[str]:
     if "report" in record:
         lines.append(f"  report: {record['report']}")
     for q in record["queries"]:
-        label = f"prompt {q['prompt']!r}" if q["type"] == "prompt" else "box"
+        label = f"prompt {q['prompt']!r} ({_source_text(q['prompt_source'])})" if q["type"] == "prompt" else "box"
         box = "none (not present)" if q["box"] is None else ", ".join(f"{v:g}" for v in q["box"])
         score = "" if q["score"] is None else f" score {q['score']:.3f}"
         lines.append(f"  {label}: box [{box}]{score}")
@@ -134,24 +133,45 @@ def _human_lines(record: dict) -> list[str]:
     return lines
 
 
+def _source_text(source: str | None) -> str:
+    """prompt_source as printed: "as typed" for a verbatim prompt, else the name whose synonyms were averaged."""
+    if source in (None, "sentence"):
+        return "as typed"
+    kind, _, name = source.partition(":")
+    return f"{kind} {name}: mean of its synonym prompts"
+
+
 def run_predict(paths: list[Path], model_dir: Path, prompts: list[str], boxes, out: Path, name: str,
                 json_out: bool, device, batch_size: int, dtype: str, box_format: str,
-                max_new_tokens: int | None, write_images: bool = True, report: bool = False) -> int:
-    from tqdm import tqdm
+                max_new_tokens: int | None, write_images: bool = True, report: bool = False,
+                literal: bool = False, sentences: bool = True) -> int:
+    """Predict every image of `paths` into a new run folder `out/name`; returns the exit code.
 
-    from chexcli.data.image_io import read_image
+    Raises ChexError (exit 2, no run folder left) when no image could be used at all.
+    """
     from chexcli.model.bundle import load_bundle
     from chexcli.predict import Predictor
 
-    model = load_bundle(model_dir, device=device, dtype=dtype)
-    predictor = Predictor(model, device=device, max_new_tokens=max_new_tokens)
-    run_dir = new_run_dir(out, name)
-    (run_dir / "args.json").write_text(json.dumps({
-        "images": [str(p) for p in paths], "model": str(model_dir), "prompts": prompts,
-        "boxes": [list(b) for b in boxes], "box_format": box_format, "device": str(device), "dtype": dtype,
-        "batch_size": batch_size, "max_new_tokens": max_new_tokens}, indent=1))
+    needs = (["prompts"] if prompts or report else []) + (["sentences"] if sentences else [])
+    model = load_bundle(model_dir, device=device, dtype=dtype, needs=needs)
+    predictor = Predictor(model, device=device, max_new_tokens=max_new_tokens, generate=sentences, literal=literal)
+    with run_folder(out, name) as run_dir:
+        (run_dir / "args.json").write_text(json.dumps({
+            "images": [str(p) for p in paths], "model": str(model_dir), "prompts": prompts, "literal": literal,
+            "boxes": [list(b) for b in boxes], "box_format": box_format, "device": str(device), "dtype": dtype,
+            "batch_size": batch_size, "max_new_tokens": max_new_tokens, "sentences": sentences}, indent=1))
+        return _predict_into(run_dir, predictor, paths, prompts, boxes, json_out, batch_size, box_format,
+                             write_images, report)
+
+
+def _predict_into(run_dir: Path, predictor, paths: list[Path], prompts: list[str], boxes, json_out: bool,
+                  batch_size: int, box_format: str, write_images: bool, report: bool) -> int:
+    from tqdm import tqdm
+
+    from chexcli.data.image_io import read_image
+
     failures: list[str] = []
-    bad_input = 0
+    box_errors = written = 0
     with open(run_dir / "predictions.jsonl", "w") as sink, \
             tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr, disable=len(paths) < 2) as bar:
         for start in range(0, len(paths), batch_size):
@@ -163,9 +183,9 @@ def run_predict(paths: list[Path], model_dir: Path, prompts: list[str], boxes, o
                     image_boxes = _check_boxes(_to_user_boxes(boxes, box_format, w, h), w, h)
                     batch.append((path, gray, image_boxes))
                 except ChexError as err:
-                    bad_input += isinstance(err, BoxError)
+                    box_errors += isinstance(err, BoxError)
                     failures.append(f"{path}: {err}" if not str(err).startswith(str(path)) else str(err))
-                    if len(paths) > 1 or not isinstance(err, BoxError):
+                    if len(paths) > 1:
                         print(f"skipped {failures[-1]}", file=sys.stderr)
                     bar.update(1)
             if not batch:
@@ -190,10 +210,14 @@ def run_predict(paths: list[Path], model_dir: Path, prompts: list[str], boxes, o
                     print(line, flush=True)
                 else:
                     print("\n".join(_human_lines(record)), flush=True)
+                written += 1
                 bar.update(1)
-    if bad_input == len(paths):  # nothing could run: bad input, not a partial failure
-        shutil.rmtree(run_dir)
-        raise ChexError(failures[0] if len(paths) == 1 else f"no image accepted the given boxes; first: {failures[0]}")
+    if not written:  # nothing could run: bad input, not a partial failure (run_folder removes the folder)
+        if len(paths) == 1:
+            raise ChexError(failures[0])
+        if box_errors == len(paths):
+            raise ChexError(f"no image accepted the given boxes; first: {failures[0]}")
+        raise ChexError(f"none of the {len(paths)} images could be used; first: {failures[0]}")
     if failures:
         (run_dir / "failed.txt").write_text("\n".join(failures) + "\n")
     print(f"results in {run_dir}", file=sys.stderr)

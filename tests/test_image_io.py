@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chexcli.data.image_io import is_dicom, read_image, read_image_uint8
+from chexcli.data.image_io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    MAX_PIXELS_ENV,
+    check_image_size,
+    check_pixel_count,
+    image_size,
+    is_dicom,
+    max_image_pixels,
+    read_image,
+    read_image_uint8,
+)
 from chexcli.errors import ChexError
 
 pydicom = pytest.importorskip("pydicom")
@@ -194,10 +204,7 @@ def _write_dicom(
     if center is not None:
         ds.WindowCenter = center
         ds.WindowWidth = width
-    try:
-        ds.save_as(str(path), enforce_file_format=True)  # pydicom >= 3
-    except TypeError:  # pragma: no cover - pydicom 2.x
-        ds.save_as(str(path), write_like_original=False)
+    ds.save_as(str(path), enforce_file_format=True)
     return path
 
 
@@ -413,3 +420,70 @@ def test_unreadable_file(tmp_path):
         _assert_one_line_error(ei, p, "permission")
     finally:
         os.chmod(p, 0o644)
+
+
+# --------------------------------------------------------------------------- pixel-count limit
+
+
+def _png_header(path, width, height, depth=8):
+    """A PNG that declares width x height but holds almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_limit_from_environment(monkeypatch):
+    monkeypatch.delenv(MAX_PIXELS_ENV, raising=False)
+    assert max_image_pixels() == DEFAULT_MAX_IMAGE_PIXELS
+    for text, value in [("1000", 1000), ("200_000_000", 200_000_000), ("1e8", 100_000_000), ("0", None),
+                        ("none", None)]:
+        monkeypatch.setenv(MAX_PIXELS_ENV, text)
+        assert max_image_pixels() == value
+    for text in ("-5", "lots", "1.5x"):
+        monkeypatch.setenv(MAX_PIXELS_ENV, text)
+        with pytest.raises(ChexError, match=MAX_PIXELS_ENV):
+            max_image_pixels()
+
+
+def test_size_from_header_only(tmp_path):
+    big = _png_header(tmp_path / "big.png", 15000, 15000, 16)  # 0.2 kB declaring 225 megapixels
+    assert image_size(big) == (15000, 15000)
+    with pytest.raises(ChexError) as e:
+        check_image_size(big)
+    _assert_one_line_error(e, big, "15000 x 15000", "exceeds the limit", MAX_PIXELS_ENV)
+    assert check_image_size(big, max_pixels=0) == (15000, 15000)  # 0: no limit
+    d = _write_dicom(tmp_path / "a.dcm", np.zeros((20, 30), dtype=np.uint16))
+    assert image_size(d) == (30, 20)
+    with pytest.raises(ChexError, match="20 x 30|30 x 20"):
+        check_pixel_count(d, 30, 20, max_pixels=599)
+    check_pixel_count(d, 30, 20, max_pixels=600)
+
+
+@pytest.mark.parametrize("reader", [read_image, read_image_uint8])
+def test_every_reader_refuses_before_decoding(tmp_path, reader, monkeypatch):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning: PIL's own check is replaced
+        big = _png_header(tmp_path / "big.png", 10000, 10000)  # over PIL's warning threshold
+        with pytest.raises(ChexError, match="exceeds the limit"):
+            reader(big)
+        d = tmp_path / "huge.dcm"
+        _write_dicom(d, np.zeros((2, 2), dtype=np.uint16), pixel_bytes=b"\0" * 8)
+        ds = pydicom.dcmread(d)
+        ds.Rows = ds.Columns = 14000  # declares 196 megapixels, holds 8 bytes
+        ds.save_as(d)
+        with pytest.raises(ChexError, match="huge.dcm: image of 14000 x 14000"):
+            reader(d)
+        jpg = tmp_path / "a.jpg"
+        Image.fromarray(_gray8(40, 50)).save(jpg)
+        monkeypatch.setenv(MAX_PIXELS_ENV, "1999")
+        with pytest.raises(ChexError, match="a.jpg: image of 50 x 40"):
+            reader(jpg)
+        assert reader(jpg, max_pixels=2000).shape == (40, 50)

@@ -138,3 +138,27 @@ def test_report(tiny_bundle, images, tmp_path):
     kept = [q["sentence"] for q in queries if q["kept"]]
     assert rec["report"] == " ".join(kept)
     assert (tmp_path / "runs/predict/run/a.png").exists()
+
+
+def test_literal_prompts_are_embedded_as_typed(tiny_bundle, images, tmp_path):
+    r = chex("predict", images / "a.png", "--model", tiny_bundle, "--prompt", "cardiomegaly", "--literal",
+             "--no-sentences", "--json", "--name", "lit", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    q = json.loads(r.stdout)["queries"][0]
+    assert q["prompt_source"] == "sentence" and q["sentence"] is None
+    assert json.loads((tmp_path / "runs/predict/lit/args.json").read_text())["literal"] is True
+
+
+def test_folder_picks_up_extensionless_dicom(images, tmp_path):
+    from chexcli.cli.predict import expand_inputs
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "1.2.840.113619.2.55").write_bytes((images / "d.dcm").read_bytes())
+    (folder / "IM0001").write_bytes((images / "d.dcm").read_bytes())
+    (folder / "notes").write_text("x" * 200)
+    (folder / "a.png").write_bytes((images / "a.png").read_bytes())
+    assert [p.name for p in expand_inputs([str(folder)])] == ["1.2.840.113619.2.55", "IM0001", "a.png"]
+    with pytest.raises(ChexError, match="file not found"):
+        expand_inputs([str(tmp_path / "missing.png")])
+    assert len(expand_inputs([str(tmp_path / "missing.png"), str(folder)])) == 4  # reported per image later

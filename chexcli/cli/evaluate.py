@@ -59,9 +59,11 @@ def evaluate(
 
     from chexcli.evaluate.runner import evaluate_task, write_run_files
     from chexcli.evaluate.tasks import load_task, read_settings_file, resolve_names
-    from chexcli.runs import new_run_dir
+    from chexcli.runs import check_out_dir, check_run_name, run_folder
 
     err = Console(stderr=True)
+    check_run_name(name)
+    check_out_dir(out)
     names = resolve_names(task)
     if split not in ("val", "test"):
         raise ChexError(f"--split {split!r}: use val or test")
@@ -90,12 +92,14 @@ def evaluate(
         from chexcli.model.bundle import load_bundle
 
         dev = resolve_device(device)
-        bundle = load_bundle(model, device=dev)
-    run_dir = new_run_dir(out, name)
-    err.print(f"run folder: {run_dir}")
+        tasks = [load_task(t, overrides.get(t)) for t in names]
+        bundle = load_bundle(model, device=dev, needs=["prompts"] + (["sentences"] if any(
+            t.generates for t in tasks) else []))
     runs = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as bar:
+    with run_folder(out, name) as run_dir, Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=err, transient=True) as bar:
+        err.print(f"run folder: {run_dir}")
         for t in names:
             cfg = load_task(t, overrides.get(t))
             pid = bar.add_task(f"{t} ({split})", total=None)

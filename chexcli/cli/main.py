@@ -34,22 +34,39 @@ def _register() -> None:
 _register()
 
 
-def run() -> None:
-    """Console-script entry: run the app and turn `ChexError` into exit codes."""
+def _is_usage_error(ex: BaseException) -> bool:
+    """A click usage error (or any ClickException), whichever copy of click raised it.
+
+    typer < 0.29 raises `click.exceptions.ClickException`; typer >= 0.29 ships its own
+    copy of click (`typer._click`) whose exceptions are not subclasses of click's. Both
+    carry an integer `exit_code` and a `show()` that prints click's usual message.
+    """
+    return isinstance(getattr(ex, "exit_code", None), int) and callable(getattr(ex, "show", None))
+
+
+def run(args: list[str] | None = None) -> None:
+    """Console-script entry: run the app, turn `ChexError` and usage errors into one message and an exit code.
+
+    Exit codes: 0 success, 1 failure while working, 2 bad input or usage, 130 interrupted.
+    """
     try:
-        app(standalone_mode=False)
+        # Without standalone mode the app raises usage errors to us and *returns* the code of
+        # a `typer.Exit` (or of `ctx.exit`) instead of calling sys.exit itself.
+        code = app(args=args, prog_name="chex", standalone_mode=False)
     except ChexError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except (typer.Exit,) as ex:
+    except typer.Exit as ex:
         sys.exit(ex.exit_code)
-    except Exception as ex:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(ex, click.exceptions.ClickException):
-            ex.show()
-            sys.exit(ex.exit_code)
-        raise
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as ex:
+        if not _is_usage_error(ex):
+            raise
+        ex.show()
+        sys.exit(ex.exit_code)
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)

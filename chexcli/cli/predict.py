@@ -21,6 +21,8 @@ Examples:
   chex predict cxr.dcm --model bundles/chex --report
 
   chex predict scans/ --model bundles/chex --box 120,80,400,360 --json > predictions.jsonl
+
+  chex predict cxr.png --model bundles/chex --prompt "cardiomegaly" --literal --name literal
 """
 
 
@@ -41,19 +43,39 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return values
 
 
+def _is_image_file(f: Path) -> bool:
+    """A file of a folder worth reading: an image suffix, or a DICOM without one (scanners
+    name files like 1.2.840.113619.2.5.1 or IM0001): the DICM magic at offset 128."""
+    if not f.is_file() or f.name.startswith("."):
+        return False
+    if f.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    from chexcli.data.image_io import is_dicom
+
+    return is_dicom(f)
+
+
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns -> image paths in order."""
+    """Files, folders (their images, sorted) and glob patterns -> image paths in order.
+
+    A missing file among others is reported per image later (the others are still
+    predicted); when every named file is missing, that is an input error (exit 2).
+    """
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        elif any(ch in item for ch in "*?["):
+            paths += sorted(f for f in p.iterdir() if _is_image_file(f))
+        elif any(ch in item for ch in "*?[") and not p.exists():
             paths += [Path(m) for m in sorted(glob.glob(item, recursive=True)) if Path(m).is_file()]
         else:
-            paths.append(p)  # missing files are reported per image
+            paths.append(p)
     if not paths:
         raise ChexError(f"no images found in {' '.join(inputs)}")
+    missing = [p for p in paths if not p.exists()]
+    if len(missing) == len(paths):
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ChexError(f"{missing[0]}: file not found{more}")
     return paths
 
 
@@ -74,8 +96,10 @@ def predict(
     model: Path = typer.Option(..., "--model", "-m", help="Model bundle folder."),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="Text prompt (repeatable)."),
     box: Optional[list[str]] = typer.Option(None, "--box", "-b", help="Box prompt x1,y1,x2,y2 (repeatable)."),
+    literal: bool = typer.Option(False, "--literal", help="Embed every prompt exactly as typed (by default a "
+                                 "known anatomy or pathology name uses the mean of its synonym prompts)."),
     out: Path = typer.Option(Path("runs/predict"), "--out", help="Parent folder of the run folder."),
-    name: str = typer.Option("run", "--name", help="Run folder name (run, run2, ... never overwritten)."),
+    name: str = typer.Option("run", "--name", help="Run folder name, a plain name (run, run2, ... never overwritten)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per image per line on stdout."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per batch."),
@@ -85,6 +109,8 @@ def predict(
                                    help="pixel: x1,y1,x2,y2 in pixels; normalized: the same divided by width/height."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Cap sentence length."),
     no_images: bool = typer.Option(False, "--no-images", help="Do not write annotated PNGs."),
+    no_sentences: bool = typer.Option(False, "--no-sentences", help="Boxes and scores only (faster; works "
+                                      "without the bundle's GPT-2 tokenizer)."),
     report: bool = typer.Option(False, "--report", help="Also write a full report (14 CheXpert + 15 anatomy "
                                 "queries, region selection, synonym removal) with each sentence's box."),
 ) -> None:
@@ -93,18 +119,25 @@ def predict(
     Writes annotated PNGs and predictions.jsonl into a new run folder.
     """
     from chexcli.predict_run import run_predict
+    from chexcli.runs import check_out_dir, check_run_name
 
     if not prompt and not box and not report:
         raise ChexError("no query: give at least one --prompt TEXT or --box x1,y1,x2,y2, or --report")
+    if any(not p.strip() for p in prompt or []):
+        raise ChexError("empty --prompt: give some text, e.g. --prompt 'left lung opacity'")
+    if report and no_sentences:
+        raise ChexError("--report writes sentences; drop --no-sentences")
     if box_format not in ("pixel", "normalized"):
         raise ChexError(f"unknown --box-format {box_format!r}; use pixel or normalized")
     if dtype not in ("float32", "float16", "int8"):
         raise ChexError(f"unknown --dtype {dtype!r}; use float32, float16 or int8")
     boxes = [parse_box(b) for b in box or []]
+    check_run_name(name)
+    check_out_dir(out)
     dev = resolve_device(device)
     code = run_predict(expand_inputs(images), model, list(prompt or []), boxes, out, name, json_out, dev,
                        batch_size, dtype, box_format, max_new_tokens, write_images=not no_images,
-                       report=report)
+                       report=report, literal=literal, sentences=not no_sentences)
     sys.exit(code)
 
 

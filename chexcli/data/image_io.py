@@ -13,13 +13,21 @@ Supported inputs:
   scaling to [0, 1], inverted for ``MONOCHROME1``.
 
 Every failure (missing, unreadable, corrupt or unsupported file, missing DICOM
-decoder) raises :class:`chexcli.errors.ChexError` with a one-line message that
-starts with the path.
+decoder, an image over the pixel limit) raises :class:`chexcli.errors.ChexError`
+with a one-line message that starts with the path.
+
+Pixel limit: every reader refuses an image whose width x height exceeds
+:func:`max_image_pixels` (``$CHEX_MAX_IMAGE_PIXELS``, default 50 million), read
+from the header before anything is decoded. Readers outside this module that
+decode images themselves call :func:`check_image_size` (or
+:func:`check_pixel_count` when they already know the size) first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -27,7 +35,13 @@ import numpy as np
 
 from chexcli.errors import ChexError
 
-__all__ = ["read_image", "read_image_uint8", "is_dicom"]
+__all__ = ["read_image", "read_image_uint8", "is_dicom", "image_size", "check_image_size", "check_pixel_count",
+           "max_image_pixels", "DEFAULT_MAX_IMAGE_PIXELS", "MAX_PIXELS_ENV"]
+
+# The largest chest X-rays are about 4300 x 4300 (18.5 Mpx). Decoding costs up to ~20 bytes
+# per pixel (DICOM LUTs run in float64), so the default keeps one image near 1 GB.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+MAX_PIXELS_ENV = "CHEX_MAX_IMAGE_PIXELS"
 
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
 
@@ -35,20 +49,21 @@ _DICOM_SUFFIXES = {".dcm", ".dicom"}
 _U8, _U16, _FLOAT = "u8", "u16", "float"
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as grayscale float32 in [0, 1].
 
     Args:
         path: PNG, JPEG or DICOM file.
+        max_pixels: refuse images with more pixels (default: :func:`max_image_pixels`).
 
     Returns:
         ``np.ndarray`` float32 of shape (H, W), values in [0, 1]. 8-bit images are
         ``convert("L")`` / 255, 16-bit images / 65535, DICOMs min-max scaled.
 
     Raises:
-        ChexError: the file is missing, unreadable, corrupt or unsupported.
+        ChexError: the file is missing, unreadable, corrupt, unsupported or too large.
     """
-    arr, kind = _read(Path(path))
+    arr, kind = _read(Path(path), max_pixels)
     if kind == _U8:
         return arr.astype(np.float32) / 255
     if kind == _U16:
@@ -56,20 +71,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def read_image_uint8(path: str | os.PathLike) -> np.ndarray:
+def read_image_uint8(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as 8-bit grayscale.
 
     Args:
         path: PNG, JPEG or DICOM file.
+        max_pixels: refuse images with more pixels (default: :func:`max_image_pixels`).
 
     Returns:
         ``np.ndarray`` uint8 of shape (H, W). 8-bit images are exactly
         ``convert("L")``; 16-bit images and DICOMs are rounded from [0, 1] * 255.
 
     Raises:
-        ChexError: the file is missing, unreadable, corrupt or unsupported.
+        ChexError: the file is missing, unreadable, corrupt, unsupported or too large.
     """
-    arr, kind = _read(Path(path))
+    arr, kind = _read(Path(path), max_pixels)
     if kind == _U8:
         return np.ascontiguousarray(arr, dtype=np.uint8)
     if kind == _U16:
@@ -82,6 +98,58 @@ def is_dicom(path: str | os.PathLike) -> bool:
     """True when ``path`` has a DICOM suffix or starts with the DICOM preamble + ``DICM``."""
     p = Path(path)
     return p.suffix.lower() in _DICOM_SUFFIXES or _has_dicm_magic(p)
+
+
+def max_image_pixels() -> int | None:
+    """The pixel-count limit of every image reader: ``$CHEX_MAX_IMAGE_PIXELS`` when set
+    (a positive integer; ``0`` or ``none`` switches the limit off), else 50 million."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if text.lower() in ("0", "none", "off"):
+        return None
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise ChexError(f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r}: give a positive number of pixels "
+                        "(for example 100000000), or 0 for no limit")
+    return value
+
+
+def check_pixel_count(path: str | os.PathLike, width: int, height: int, max_pixels: int | None = None) -> None:
+    """Refuse (ChexError) an image of ``width`` x ``height`` over the pixel limit.
+
+    ``max_pixels`` None means :func:`max_image_pixels`.
+    """
+    limit = max_image_pixels() if max_pixels is None else max_pixels
+    if limit and int(width) * int(height) > limit:
+        raise ChexError(
+            f"{path}: image of {width} x {height} = {int(width) * int(height) / 1e6:.1f} megapixels exceeds the "
+            f"limit of {limit / 1e6:g} megapixels; raise it with {MAX_PIXELS_ENV}=N if the image is genuine")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of a PNG, JPEG or DICOM file, read from its header (nothing is decoded)."""
+    p = Path(path)
+    _check_file(p)
+    if is_dicom(p):
+        ds = _dcmread(p, stop_before_pixels=True)
+        rows, cols = _dicom_rows_cols(ds)
+        if rows is None:
+            raise ChexError(f"{p}: the DICOM header has no Rows/Columns (not an image)")
+        return cols, rows
+    with _open_pil(p) as im:
+        return im.size
+
+
+def check_image_size(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[int, int]:
+    """Read the header of ``path`` and refuse it (ChexError) when it has more pixels than the
+    limit; returns (width, height). The check every reader shares, before decoding."""
+    width, height = image_size(path)
+    check_pixel_count(path, width, height, max_pixels)
+    return width, height
 
 
 def _has_dicm_magic(p: Path) -> bool:
@@ -118,36 +186,53 @@ def _check_file(path: Path) -> None:
         raise ChexError(f"{path}: the file is empty")
 
 
-def _read(path: Path) -> tuple[np.ndarray, str]:
+def _read(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
     """Return (array (H, W), kind) with kind u8 (uint8), u16 (uint16) or float ([0, 1])."""
     _check_file(path)
     if is_dicom(path):
-        return _read_dicom(path), _FLOAT
-    return _read_pil(path)
+        return _read_dicom(path, max_pixels), _FLOAT
+    return _read_pil(path, max_pixels)
 
 
 # --------------------------------------------------------------------------- PIL
 
+_PIL_LIMIT_LOCK = threading.Lock()
 
-def _read_pil(path: Path) -> tuple[np.ndarray, str]:
+
+@contextlib.contextmanager
+def _open_pil(path: Path):
+    """``Image.open`` (header only) with PIL's own bomb check off: our pixel limit replaces it,
+    so no DecompressionBombWarning/Error. One-line ChexError when the file is not an image."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except UnidentifiedImageError:
+        raise ChexError(f"{path}: not a recognised image file (supported: PNG, JPEG, DICOM)") from None
+    except Exception as e:  # a header the plugin cannot parse
+        raise ChexError(f"{path}: corrupt or truncated image file ({_one_line(e)})") from None
+    with im:
+        yield im
+
+
+def _read_pil(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
+    with _open_pil(path) as im:
+        check_pixel_count(path, *im.size, max_pixels)
+        try:
             im.load()
             return _pil_to_array(im, path)
-    except ChexError:
-        raise
-    except UnidentifiedImageError:
-        raise ChexError(
-            f"{path}: not a recognised image file (supported: PNG, JPEG, DICOM)"
-        ) from None
-    except Image.DecompressionBombError as e:
-        raise ChexError(f"{path}: image is too large to read safely ({_one_line(e)})") from None
-    except MemoryError:
-        raise ChexError(f"{path}: not enough memory to read the image") from None
-    except Exception as e:  # any decoder failure: truncated / corrupt data
-        raise ChexError(f"{path}: corrupt or truncated image file ({_one_line(e)})") from None
+        except ChexError:
+            raise
+        except MemoryError:
+            raise ChexError(f"{path}: not enough memory to read the image") from None
+        except Exception as e:  # any decoder failure: truncated / corrupt data
+            raise ChexError(f"{path}: corrupt or truncated image file ({_one_line(e)})") from None
 
 
 def _pil_to_array(im, path: Path) -> tuple[np.ndarray, str]:
@@ -223,35 +308,47 @@ def _looks_like_missing_decoder(exc: BaseException) -> bool:
     )
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _dcmread(path: Path, stop_before_pixels: bool = False):
+    import pydicom
+
     try:
-        import pydicom
-    except ImportError:  # pragma: no cover - pydicom is a dependency
-        raise ChexError(f"{path}: reading DICOM files needs pydicom: pip install pydicom") from None
-    try:
-        ds = pydicom.dcmread(path, force=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about every oddity of a forced read
+            return pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
     except Exception as e:
         raise ChexError(f"{path}: not a readable DICOM file ({_one_line(e)})") from None
+
+
+def _dicom_rows_cols(ds) -> tuple[int | None, int | None]:
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return None, None
+    return rows, cols
+
+
+def _read_dicom(path: Path, max_pixels: int | None) -> np.ndarray:
+    ds = _dcmread(path)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         if not _has_dicm_magic(path) and "SOPClassUID" not in ds:
             raise ChexError(f"{path}: not a valid DICOM file (no DICM header, no image data)")
         raise ChexError(f"{path}: the DICOM file has no pixel data (not an image)")
+    rows, cols = _dicom_rows_cols(ds)
+    if rows is not None:
+        check_pixel_count(path, cols, rows, max_pixels)
 
     meta = getattr(ds, "file_meta", None)
     tsuid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
     compressed = bool(tsuid is not None and getattr(tsuid, "is_compressed", False))
-    if compressed:
-        try:  # pydicom >= 3: ask up front whether a decoder plugin is usable
-            from pydicom.pixels import get_decoder
+    if compressed:  # ask up front whether a decoder plugin is usable
+        from pydicom.pixels import get_decoder
 
-            try:
-                decoder = get_decoder(tsuid)
-            except NotImplementedError:
-                decoder = None
-            if decoder is None or not decoder.is_available:
-                raise _decoder_error(path, tsuid)
-        except ImportError:  # pragma: no cover - pydicom 2.x
-            pass
+        try:
+            decoder = get_decoder(tsuid)
+        except NotImplementedError:
+            decoder = None
+        if decoder is None or not decoder.is_available:
+            raise _decoder_error(path, tsuid)
 
     try:
         arr = _first_frame(ds)
@@ -278,26 +375,10 @@ def _read_dicom(path: Path) -> np.ndarray:
 
 def _first_frame(ds) -> np.ndarray:
     """Decoded pixel array of the first frame: (rows, cols) or (rows, cols, samples)."""
+    from pydicom.pixels import pixel_array
+
     n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    try:
-        from pydicom.pixels import pixel_array  # pydicom >= 3
-    except ImportError:  # pragma: no cover - pydicom 2.x
-        arr = ds.pixel_array
-        return arr[0] if n_frames > 1 else arr
-    arr = pixel_array(ds, index=0) if n_frames > 1 else pixel_array(ds)
-    return arr
-
-
-def _lut_functions():
-    try:
-        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
-    except ImportError:  # pragma: no cover - pydicom 2.x
-        from pydicom.pixel_data_handlers.util import (
-            apply_color_lut,
-            apply_modality_lut,
-            apply_voi_lut,
-        )
-    return apply_modality_lut, apply_voi_lut, apply_color_lut
+    return pixel_array(ds, index=0) if n_frames > 1 else pixel_array(ds)
 
 
 def _frame_attributes(ds):
@@ -338,7 +419,8 @@ def _frame_attributes(ds):
 
 def _dicom_to_unit(arr: np.ndarray, ds) -> np.ndarray:
     """Modality LUT, VOI LUT, min-max to [0, 1], MONOCHROME1 inversion -> float32 (H, W)."""
-    apply_modality_lut, apply_voi_lut, apply_color_lut = _lut_functions()
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
 
@@ -361,34 +443,3 @@ def _dicom_to_unit(arr: np.ndarray, ds) -> np.ndarray:
         unit = (1.0 - unit).astype(np.float32)
     return unit
 
-
-# --------------------------------------------------------------------------- pixel-count limit
-# One limit for every image reader (predict, prepare, the image cache), checked from the
-# header before any pixel is decoded: a tiny file can declare a huge image.
-
-DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
-MAX_PIXELS_ENV = "CHEX_MAX_IMAGE_PIXELS"
-
-
-def max_image_pixels() -> int:
-    """The pixel-count limit: ``$CHEX_MAX_IMAGE_PIXELS`` if set, else 100 megapixels."""
-    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not value:
-        return DEFAULT_MAX_IMAGE_PIXELS
-    try:
-        limit = int(value.replace("_", ""))
-    except ValueError:
-        limit = 0
-    if limit <= 0:
-        raise ChexError(f"{MAX_PIXELS_ENV}={value!r} is not a positive whole number of pixels")
-    return limit
-
-
-def check_pixel_limit(width: int, height: int, source: str | os.PathLike) -> None:
-    """Refuse an image whose header declares more pixels than :func:`max_image_pixels`."""
-    limit = max_image_pixels()
-    if int(width) * int(height) > limit:
-        raise ChexError(
-            f"{source}: the image is {int(width)}x{int(height)} pixels, more than the limit of "
-            f"{limit:,} pixels; set {MAX_PIXELS_ENV} to a larger value to read it"
-        )

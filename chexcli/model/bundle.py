@@ -19,7 +19,7 @@ import struct
 import tempfile
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -100,10 +100,19 @@ def read_bundle_config(folder: str | Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ChexError(f"{path} is not valid JSON ({err.msg if hasattr(err, 'msg') else err}); re-create the bundle") from None
-    if config.get("format") != FORMAT:
-        raise ChexError(f"{path} is not a chexcli bundle config (format {config.get('format')!r})")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise ChexError(f"bundle format {config['format_version']} is newer than this chexcli understands; upgrade chexcli")
+    except OSError as err:
+        raise ChexError(f"{path} cannot be read ({err.strerror or err})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ChexError(f"{path} is not a chexcli bundle config (format {found!r})")
+    version = config.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ChexError(f"{path}: format_version must be an integer, got {version!r}; re-create the bundle")
+    if version > FORMAT_VERSION:
+        raise ChexError(f"bundle format {version} is newer than this chexcli understands; upgrade chexcli")
+    for key in ("prompts", "provenance"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise ChexError(f"{path}: {key} must be an object, got {type(config[key]).__name__}; re-create the bundle")
     return config
 
 
@@ -111,22 +120,55 @@ def read_bundle(folder: str | Path) -> tuple[dict[str, Any], ChexConfig, Path]:
     """config.json contents, the parsed model configuration and the weights path of a bundle."""
     folder = Path(folder)
     config = read_bundle_config(folder)
+    if "model" not in config:
+        raise ChexError(f"{folder / CONFIG_FILE}: the key model (the model configuration) is missing; re-create the bundle")
     try:
-        cfg = ChexConfig.from_dict(config["model"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ChexError(f"{folder / CONFIG_FILE}: invalid model configuration ({err})") from None
+        cfg = ChexConfig.from_dict(config["model"], prefix="model")
+    except (TypeError, ValueError) as err:
+        raise ChexError(f"{folder / CONFIG_FILE}: {err}; fix the value or re-create the bundle") from None
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise ChexError(f"{folder} has no {WEIGHTS_FILE}; the bundle is incomplete, re-create it")
     return config, cfg, weights
 
 
-def load_bundle(folder: str | Path, device: str | torch.device = "cpu", dtype: str = "float32") -> ChEX:
+# What needs each tokenizer folder, and what still works without it.
+_TOKENIZER_USES = {
+    "prompts": (CLIP_DIR, "text prompts cannot be encoded (box prompts still work without it)"),
+    "sentences": (GPT2_DIR, "no sentences can be generated (boxes and scores still work without it, "
+                            "e.g. chex predict --no-sentences)"),
+}
+
+
+def check_tokenizers(folder: str | Path, cfg: ChexConfig, needs: Iterable[str]) -> None:
+    """One-line ChexError when a tokenizer folder that `needs` ("prompts", "sentences") asks for is missing.
+
+    Sentences need the GPT-2 tokenizer only when the model has a sentence generator.
+    """
+    folder = Path(folder)
+    for need in needs:
+        if need not in _TOKENIZER_USES:
+            raise ValueError(f"unknown tokenizer need {need!r}; use {', '.join(_TOKENIZER_USES)}")
+        sub, consequence = _TOKENIZER_USES[need]
+        if need == "sentences" and cfg.generator is None:
+            continue
+        if not (folder / sub).is_dir():
+            raise ChexError(f"{folder}: the tokenizer folder {sub}/ is missing, so {consequence}; "
+                            "re-create the bundle with `chex weights import`")
+
+
+def load_bundle(folder: str | Path, device: str | torch.device = "cpu", dtype: str = "float32",
+                needs: Iterable[str] = ()) -> ChEX:
     """Load a bundle into a ChEX model in eval mode on `device`.
 
     dtype float16 / int8 (CPU) builds the sentence generator's compact layers
     straight from the file, tensor by tensor, so its float32 weights (82 % of
     the model) are never all in memory (see chexcli.model.quantize).
+
+    needs: what the caller will do, "prompts" (encode text) and/or "sentences"
+    (generate); a missing tokenizer folder that one of them needs is refused
+    up front (see `check_tokenizers`). Without it, a missing folder only
+    leaves the model without that tokenizer.
     """
     from chexcli.model.quantize import DTYPES, compact_generator, compact_keys
 
@@ -134,6 +176,7 @@ def load_bundle(folder: str | Path, device: str | torch.device = "cpu", dtype: s
     if dtype not in DTYPES:
         raise ChexError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     config, cfg, weights = read_bundle(folder)
+    check_tokenizers(folder, cfg, needs)
     clip_tok = ClipTokenizer.load(folder / CLIP_DIR) if (folder / CLIP_DIR).is_dir() else None
     gpt2_tok = load_gpt2_tokenizer(folder / GPT2_DIR) if (folder / GPT2_DIR).is_dir() else None
     with torch.device("meta"):

@@ -11,6 +11,7 @@ Configurations are plain dataclasses, saved as JSON in a model bundle.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,22 +99,47 @@ class ChexConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ChexConfig":
-        d = dict(d)
-        sub = {"vision": VisionConfig, "text": TextConfig, "detector": DetectorConfig}
+    def from_dict(cls, d: dict[str, Any], prefix: str = "model") -> "ChexConfig":
+        """Build and validate a configuration; ValueError names the offending key (`prefix.key`)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{prefix} must be an object, got {type(d).__name__}")
+        sub = {"vision": VisionConfig, "text": TextConfig, "detector": DetectorConfig, "generator": GeneratorConfig}
         kwargs: dict[str, Any] = {}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        for key, value in d.items():
-            if key in sub and isinstance(value, dict):
-                kwargs[key] = _build(sub[key], value)
-            elif key == "generator":
-                kwargs[key] = None if value is None else _build(GeneratorConfig, value)
+        for key, value in _known(cls, d, prefix).items():
+            if key in sub and value is not None:
+                if not isinstance(value, dict):
+                    raise ValueError(f"{prefix}.{key} must be an object, got {type(value).__name__}")
+                kwargs[key] = sub[key](**_known(sub[key], value, f"{prefix}.{key}"))
             else:
                 kwargs[key] = value
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
+        cfg.validate(prefix)
+        return cfg
+
+    def validate(self, prefix: str = "model") -> None:
+        """Check types and sizes (positive counts, widths divisible by heads, matching widths).
+
+        Raises ValueError naming the first bad key, e.g. `model.vision.heads must be >= 1 (got 0)`.
+        """
+        _check_types(self, prefix)
+        for key, minimum in _MINIMUMS.items():
+            value = _lookup(self, key)
+            if value is not None and value < minimum:
+                raise ValueError(f"{prefix}.{key} must be >= {minimum} (got {value})")
+        for width, heads in (("d_model", "n_head"), ("vision.width", "vision.heads"), ("text.width", "text.heads"),
+                             ("generator.n_embd", "generator.n_head")):
+            w, h = _lookup(self, width), _lookup(self, heads)
+            if w is not None and w % h:
+                raise ValueError(f"{prefix}.{width} ({w}) is not divisible by {prefix}.{heads} ({h})")
+        if self.vision.image_size % self.vision.patch_size:
+            raise ValueError(f"{prefix}.vision.image_size ({self.vision.image_size}) is not a multiple of "
+                             f"{prefix}.vision.patch_size ({self.vision.patch_size})")
+        for key in ("vision.output_dim", "text.output_dim"):
+            if _lookup(self, key) != self.d_model:
+                raise ValueError(f"{prefix}.{key} ({_lookup(self, key)}) must equal {prefix}.d_model ({self.d_model})")
+        if not 0 <= self.post_decoder_multibox_drop < 1:
+            raise ValueError(f"{prefix}.post_decoder_multibox_drop must be in [0, 1) "
+                             f"(got {self.post_decoder_multibox_drop})")
 
     @classmethod
     def tiny(cls, clip_vocab_size: int = 49408, gpt2_vocab_size: int = 2048, eos_token_id: int = 0) -> "ChexConfig":
@@ -139,9 +165,55 @@ class ChexConfig:
         )
 
 
-def _build(cls, values: dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
+# Smallest allowed value of every number (counts >= 1 unless zero means "none").
+_MINIMUMS: dict[str, float] = {
+    "d_model": 1, "n_head": 1, "ff_dim": 1, "n_post_decoder_layers": 0, "max_generated_sentences": 1,
+    "pixel_std": 1e-12, "post_decoder_multibox_drop": 0,
+    **{f"vision.{k}": 1 for k in ("image_size", "patch_size", "width", "layers", "heads", "output_dim")},
+    **{f"text.{k}": 1 for k in ("vocab_size", "width", "layers", "heads", "output_dim")},
+    "text.context_length": 2,
+    **{f"detector.{k}": 1 for k in ("multiregions", "n_decoder_layers", "predictor_hidden_dim",
+                                     "out_project_hidden_dim")},
+    "detector.soft_roi_beta": 1e-12,
+    **{f"generator.{k}": 1 for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head",
+                                      "prefix_length_factor", "prefix_hidden_dim")},
+    **{f"generator.{k}": 0 for k in ("bos_token_id", "eos_token_id", "pad_token_id", "position_offset")},
+    "generator.layer_norm_epsilon": 1e-30, "generator.max_length": 2,
+}
+
+
+def _known(cls, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`values` after refusing keys that `cls` does not have."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    return cls(**values)
+        raise ValueError(f"unknown field {prefix}.{unknown[0]}" + (f" (+{len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+    return values
+
+
+def _lookup(cfg: "ChexConfig", key: str):
+    value: Any = cfg
+    for part in key.split("."):
+        value = None if value is None else getattr(value, part)
+    return value
+
+
+def _check_types(obj, prefix: str) -> None:
+    """Every field holds its annotated type: int (not bool), float (finite, int allowed), optional None, or a section."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}.{f.name}"
+        kind, optional = str(f.type).split("|")[0].strip(), "None" in str(f.type)
+        if value is None and optional:
+            continue
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            wanted = "an integer"
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            wanted = "a finite number"
+        else:  # a nested section
+            ok = dataclasses.is_dataclass(value)
+            wanted = "an object"
+            if ok:
+                _check_types(value, key)
+        if not ok:
+            raise ValueError(f"{key} must be {wanted}, got {value!r}"[:200])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import stat
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,18 @@ def extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, bud
     return written
 
 
+# A legacy (pre-1.6, non-zip) torch.save file starts with the pickled magic number 0x1950a86a20f9469cfc6c.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _is_legacy_torch_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
+    except OSError:
+        return True  # let torch.load report the read error
+
+
 def safe_torch_load(path: str | Path, what: str | None = None) -> Any:
     """`torch.load(weights_only=True, mmap=True)` with one-line errors (falls back to no mmap for old files)."""
     path = Path(path)
@@ -66,10 +79,22 @@ def safe_torch_load(path: str | Path, what: str | None = None) -> Any:
         mmap = True
     except (zipfile.BadZipFile, OSError):
         mmap = False  # legacy (non-zip) torch.save format or not a checkpoint at all
+        if not _is_legacy_torch_file(path):
+            raise ChexError(f"{what} is not a readable PyTorch checkpoint (neither a torch.save zip archive nor a "
+                            "legacy torch.save file: corrupt or another kind of file); download it again") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         text = str(err)
+        opcode = re.search(r"Unsupported operand (\d+)", text)
+        if opcode and opcode.group(1) == "149":  # FRAME: pickle protocol >= 4, which the safe loader cannot read
+            raise ChexError(f"{what} was saved with pickle protocol 4 or newer, which the weights-only loader cannot "
+                            "read; re-save it with torch.save's default protocol in a trusted environment") from None
+        if opcode:
+            raise ChexError(f"{what} is not a readable PyTorch checkpoint (corrupt pickle data); "
+                            "download it again") from None
         if "Weights only load failed" in text or "weights_only" in text:
             m = re.search(r"(?:GLOBAL|global)\s+([\w.]+)", text)
             culprit = f" ({m.group(1)})" if m else ""

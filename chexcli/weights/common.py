@@ -57,8 +57,12 @@ def now_utc() -> str:
 
 
 def check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    """Refuse --out before any work: a file, a non-empty folder, or a folder that cannot be created."""
+    from chexcli.runs import check_out_dir
+
+    if out.is_dir() and any(out.iterdir()):
         raise ChexError(f"{out} already exists and is not empty; choose another --out or remove it")
+    check_out_dir(out)
 
 
 def search_folders(path: Path) -> list[Path]:

@@ -64,7 +64,7 @@ def test_mismatched_configuration(tiny_bundle, tmp_path):
     (broken / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ChexError, match="missing detector.decoder.decoder_layers.2"):
         load_bundle(broken)
-    config["model"]["d_model"] = 48
+    config["model"]["ff_dim"] = 48
     config["model"]["detector"]["n_decoder_layers"] = 2
     (broken / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ChexError, match="shape"):
@@ -72,3 +72,52 @@ def test_mismatched_configuration(tiny_bundle, tmp_path):
     (broken / CONFIG_FILE).write_text("{not json")
     with pytest.raises(ChexError, match="not valid JSON"):
         load_bundle(broken)
+
+
+def test_released_and_tiny_configurations_validate():
+    from chexcli.model.config import ChexConfig
+
+    for cfg in (ChexConfig(), ChexConfig.tiny(), ChexConfig(generator=None, n_post_decoder_layers=0)):
+        assert ChexConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("n_head", 0, "model.n_head must be >= 1 (got 0)"),
+    ("n_head", 3, "model.d_model (32) is not divisible by model.n_head (3)"),
+    ("vision.patch_size", 30, "model.vision.image_size (224) is not a multiple of model.vision.patch_size (30)"),
+    ("text.layers", -2, "model.text.layers must be >= 1"),
+    ("text.context_length", 1, "model.text.context_length must be >= 2"),
+    ("detector.multiregions", True, "model.detector.multiregions must be an integer, got True"),
+    ("detector.soft_roi_beta", "2", "model.detector.soft_roi_beta must be a finite number"),
+    ("post_decoder_multibox_drop", 1.0, "must be in [0, 1)"),
+    ("generator.n_embd", 33, "model.generator.n_embd (33) is not divisible by model.generator.n_head (2)"),
+    ("generator.max_length", 1, "model.generator.max_length must be >= 2"),
+    ("generator", 5, "model.generator must be an object, got int"),
+    ("detector.depth", 3, "unknown field model.detector.depth"),
+])
+def test_impossible_configuration_names_the_key(key, value, message):
+    from chexcli.model.config import ChexConfig
+
+    d = ChexConfig.tiny().to_dict()
+    node = d
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    with pytest.raises(ValueError) as err:
+        ChexConfig.from_dict(d)
+    assert message in str(err.value)
+
+
+def test_missing_tokenizer_is_refused_only_when_needed(tiny_bundle, tmp_path):
+    broken = tmp_path / "no_gpt2"
+    shutil.copytree(tiny_bundle, broken)
+    shutil.rmtree(broken / "gpt2_tokenizer")
+    model = load_bundle(broken, needs=["prompts"])  # boxes and scores need no GPT-2 tokenizer
+    assert model.decode is None
+    with pytest.raises(ChexError, match="gpt2_tokenizer/ is missing, so no sentences"):
+        load_bundle(broken, needs=["prompts", "sentences"])
+    shutil.rmtree(broken / "clip_tokenizer")
+    with pytest.raises(ChexError, match="clip_tokenizer/ is missing, so text prompts cannot be encoded"):
+        load_bundle(broken, needs=["prompts"])
+    assert load_bundle(broken).txt_encoder.tokenizer is None
