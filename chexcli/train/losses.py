@@ -87,7 +87,8 @@ def binary_focal_loss(prob: Tensor, target: Tensor, alpha: float | Tensor, gamma
 
 
 def pathology_detection_loss(pred_boxes: Tensor, weights: Tensor, cls_prob: Tensor, target: Tensor,
-                             target_mask: Tensor, class_mask: Tensor) -> dict[str, Tensor]:
+                             target_mask: Tensor, class_mask: Tensor,
+                             cheapest_matched: bool = False) -> dict[str, Tensor]:
     """Pathology detection (§7.3.2): matched box loss + 3 x auto-weighted focal loss on region weights.
 
     pred_boxes (N, C, R, 4), weights (N, C, R) region weights in [0, 1], cls_prob (N, C, R)
@@ -98,13 +99,15 @@ def pathology_detection_loss(pred_boxes: Tensor, weights: Tensor, cls_prob: Tens
     The focal alpha = (n_neg + 1) / (n_all + 2) counts the whole N x C x R block of
     `matched` (n_all = N * C * R, unflagged classes included), as the reference does; with
     VinDr every sample flags all its box classes, so this equals the flagged-only count.
+    `cheapest_matched`: see chexcli.train.matcher (which shared prediction gets weight target 1).
     """
     n, c, r, _ = pred_boxes.shape
     m = target.shape[2]
     cmask = class_mask.bool()
     pair = box_cost(pred_boxes, target)  # (N, C, R, M)
     cost = pair + 1.0 * (1.0 - cls_prob)[..., None] + 3.0 * (1.0 - weights)[..., None]
-    matched, assign = batched_balanced_match(cost.reshape(n * c, r, m), target_mask.reshape(n * c, m))
+    matched, assign = batched_balanced_match(cost.reshape(n * c, r, m), target_mask.reshape(n * c, m),
+                                             cheapest_matched)
     matched = matched.view(n, c, r)
     assign = assign.view(n, c, r, m).to(pair.dtype)
     has_box = target_mask.bool().any(dim=-1)  # (N, C)

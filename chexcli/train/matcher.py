@@ -4,6 +4,13 @@ With fewer targets than predictions, the target columns are replicated and
 each copy j is made more expensive by j * (cost range + 1), so every
 prediction is assigned, the first copy of each target is taken first, and a
 prediction is *matched* only when it won a first copy.
+
+Which of the predictions sharing a target wins its first copy is a tie: moving
+them between the copies of one target never changes the total cost, so SciPy's
+choice is decided by its internal order and float rounding, not by the cost
+(the reference behaviour, kept by default). `cheapest_matched=True` gives the
+first copy to the cheapest of them instead, which is another optimal solution
+of the same problem.
 """
 
 from __future__ import annotations
@@ -16,8 +23,12 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 
-def balanced_match(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """cost (R_s, R_t) over the valid targets -> matched (R_s,) bool, assigned target (R_s,) int (-1: none)."""
+def balanced_match(cost: np.ndarray, cheapest_matched: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """cost (R_s, R_t) over the valid targets -> matched (R_s,) bool, assigned target (R_s,) int (-1: none).
+
+    R_t == 0: nothing matched or assigned. R_s <= R_t: plain Hungarian assignment. R_s > R_t:
+    every prediction is assigned, exactly R_t are matched (one per target).
+    """
     r_s, r_t = cost.shape
     matched = np.zeros(r_s, dtype=bool)
     assigned = np.full(r_s, -1, dtype=np.int64)
@@ -34,6 +45,11 @@ def balanced_match(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = linear_sum_assignment(wide)
     matched[rows] = cols < r_t
     assigned[rows] = cols % r_t
+    if cheapest_matched:
+        for t in range(r_t):
+            sharing = np.flatnonzero(assigned == t)
+            matched[sharing] = False
+            matched[sharing[np.argmin(cost[sharing, t])]] = True
     return matched, assigned
 
 
@@ -50,7 +66,7 @@ def _finite(cost: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def batched_balanced_match(cost: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+def batched_balanced_match(cost: Tensor, valid: Tensor, cheapest_matched: bool = False) -> tuple[Tensor, Tensor]:
     """cost (B, R_s, T), valid targets (B, T) -> matched (B, R_s) bool, assign (B, R_s, T) bool.
 
     Solved per row on the CPU (no gradients); `assign[b, r, t]` is True when
@@ -65,7 +81,7 @@ def batched_balanced_match(cost: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]
         cols = np.flatnonzero(valid_np[i])
         if cols.size == 0:
             continue
-        m, a = balanced_match(cost_np[i][:, cols])
+        m, a = balanced_match(cost_np[i][:, cols], cheapest_matched)
         matched[i] = m
         ok = a >= 0
         assign[i, np.flatnonzero(ok), cols[a[ok]]] = True

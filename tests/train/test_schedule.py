@@ -1,0 +1,25 @@
+"""Cosine schedule with linear warm-up from 0, cosine at the absolute step (TRAINING.md §2.3)."""
+
+import math
+
+from chexcli.train.schedule import CosineWarmupSchedule, lr_at
+
+BASE, MIN, WARMUP, TOTAL = 1e-3, 1e-5, 10, 100
+
+
+def test_lr_at_key_points():
+    assert lr_at(0, BASE, MIN, WARMUP, TOTAL) == 0.0
+    assert math.isclose(lr_at(WARMUP - 1, BASE, MIN, WARMUP, TOTAL), BASE * 9 / 10)
+    # at t = warmup the cosine is evaluated at 10/100, not 0: slightly below the base rate
+    at_warmup = MIN + 0.5 * (BASE - MIN) * (1 + math.cos(math.pi * 0.1))
+    assert math.isclose(lr_at(WARMUP, BASE, MIN, WARMUP, TOTAL), at_warmup)
+    assert at_warmup < BASE
+    assert math.isclose(lr_at(50, BASE, MIN, WARMUP, TOTAL), MIN + 0.5 * (BASE - MIN))
+    assert lr_at(TOTAL, BASE, MIN, WARMUP, TOTAL) == MIN
+    assert lr_at(TOTAL + 7, BASE, MIN, WARMUP, TOTAL) == MIN
+
+
+def test_no_warmup_and_class_wrapper():
+    assert math.isclose(lr_at(0, BASE, MIN, 0, TOTAL), BASE)
+    sched = CosineWarmupSchedule(BASE, MIN, WARMUP, TOTAL)
+    assert [sched.lr(t) for t in (0, 5, 60, 200)] == [lr_at(t, BASE, MIN, WARMUP, TOTAL) for t in (0, 5, 60, 200)]
