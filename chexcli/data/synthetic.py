@@ -102,9 +102,8 @@ def _task(chunk: tuple[int, int]) -> list[dict]:
     records = []
     for i in range(*chunk):
         img, rec = generate(_W["seed"], i)
-        _W["arr"][i] = img
+        _W["arr"][i] = img  # a shared file mapping: visible to the parent without a flush
         records.append(rec)
-    _W["arr"].flush()
     return records
 
 
@@ -139,6 +138,8 @@ def _draw_all(out: Path, n: int, seed: int, workers: int, progress: bool) -> lis
         raise
     finally:
         bar.close()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, final)
     return records
 

@@ -59,7 +59,7 @@ class Scene:
     v_cp: dict  # side -> level of the costophrenic angle (lowest point of the lung)
     dome: dict  # side -> height of the diaphragm dome above the costophrenic angle
     ctr: float  # cardiothoracic ratio: heart width / (w_right + w_left)
-    heart_dx: float  # right heart border beyond the mediastinum
+    heart_shift: float  # heart centre right of the midline, as a fraction of the half width
     heart_aspect: float  # minor / major axis of the heart ellipse
     heart_tilt: float  # radians, major axis pointing down to the image right
     trachea_u: float
@@ -74,6 +74,7 @@ class Scene:
     gastric_bubble: bool
     look: dict  # contrast, brightness, gamma, blur, noise, haze, markings
     findings: list = field(default_factory=list)
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def lung_height(self, side: str) -> float:
         return self.v_cp[side] - self.v_top
@@ -90,16 +91,20 @@ class Scene:
     def heart(self) -> tuple[float, float, float, float]:
         """(centre u, centre v, major half axis, minor half axis) of the tilted heart ellipse.
 
-        Its horizontal half extent is ``ctr * (w_right + w_left) / 2``; the right border lies
-        ``heart_dx`` beyond the mediastinum and its lower part hides under the diaphragm.
+        Its horizontal half extent is ``ctr * (w_right + w_left) / 2``; its centre lies ``heart_shift`` half widths right of the midline (the right border at
+        least 3 pixels beyond the mediastinum) and its lower part hides under the diaphragm.
         """
+        if self._memo.get("heart_ctr") == self.ctr:
+            return self._memo["heart"]
         hw = self.ctr * (self.w["right"] + self.w["left"]) / 2
         c, s, k = math.cos(self.heart_tilt), math.sin(self.heart_tilt), self.heart_aspect
         a = hw / math.sqrt(c * c + k * k * s * s)
         b = k * a
         half_h = math.sqrt(a * a * s * s + b * b * c * c)
         base = float(self.dome_level("left", 0.0))
-        return hw - self.m - self.heart_dx, base - 0.6 * half_h, a, b
+        geometry = (min(self.heart_shift * hw, hw - self.m - 3), base - 0.6 * half_h, a, b)
+        self._memo["heart_ctr"], self._memo["heart"] = self.ctr, geometry
+        return geometry
 
     def heart_top(self) -> float:
         hu, hv, a, b = self.heart()
@@ -161,12 +166,15 @@ def knob_mask(sc: Scene, u, v):
     return (u - ku) ** 2 + (v - kv) ** 2 <= kr * kr
 
 
-def lung_mask(sc: Scene, side: str, u, v, heart=None, knob=None):
-    """The lung of ``side``: apex to diaphragm, mediastinum to lateral wall, minus heart and knob."""
+def lung_mask(sc: Scene, side: str, u, v, heart=None, knob=None, t=None, level=None):
+    """The lung of ``side``: apex to diaphragm, mediastinum to lateral wall, minus heart and knob.
+
+    ``t`` (relative height) and ``level`` (diaphragm level) may be passed when already known.
+    """
     au = SIGN[side] * u
-    t = lung_t(sc, side, v)
-    inside = (t >= 0) & (au >= lung_x_in(sc, side, t)) & (au <= lung_x_out(sc, side, t))
-    inside &= v <= sc.dome_level(side, lateral_r(sc, side, u))
+    t = lung_t(sc, side, v) if t is None else t
+    level = sc.dome_level(side, lateral_r(sc, side, u)) if level is None else level
+    inside = (t >= 0) & (au >= lung_x_in(sc, side, t)) & (au <= lung_x_out(sc, side, t)) & (v <= level)
     heart = heart_mask(sc, u, v) if heart is None else heart
     knob = knob_mask(sc, u, v) if knob is None else knob
     return inside & ~heart & ~knob
@@ -183,11 +191,11 @@ def body_mask(sc: Scene, u, v):
     return np.abs(u) < side_width(sc, u) + extra
 
 
-def below_diaphragm(sc: Scene, u, v):
-    """Under the diaphragm, inside the lateral chest walls."""
-    left = u >= 0
-    level = np.where(left, sc.dome_level("left", lateral_r(sc, "left", u)),
-                     sc.dome_level("right", lateral_r(sc, "right", u)))
+def below_diaphragm(sc: Scene, u, v, levels: dict | None = None):
+    """Under the diaphragm, inside the lateral chest walls (``levels``: side -> diaphragm level)."""
+    if levels is None:
+        levels = {s: sc.dome_level(s, lateral_r(sc, s, u)) for s in ("right", "left")}
+    level = levels["left"] + (levels["right"] - levels["left"]) * (u < 0)
     return (v > level) & (np.abs(u) < side_width(sc, u) + 6)
 
 
@@ -205,31 +213,39 @@ def clavicle_segment(sc: Scene, side: str):
 
 
 def anatomy_masks(sc: Scene, u, v) -> tuple[dict, dict]:
-    """The 29 Chest ImaGenome anatomies (``cig_default``) as boolean masks over (u, v),
-    and per side the lung helpers ``{"lung", "t", "r"}`` that drawing reuses."""
+    """The 29 Chest ImaGenome anatomies (``cig_default``) as boolean masks over the image grid
+    (u, v), and the helpers that drawing reuses: per side ``{"lung", "t", "r", "level"}``,
+    and ``"below"`` (under the diaphragm)."""
     out: dict[str, np.ndarray] = {}
-    helpers = {}
+    helpers: dict = {}
     heart = heart_mask(sc, u, v)
     knob = knob_mask(sc, u, v)
     hu, hv, a, b = sc.heart()
     base = sc.diaphragm_base()
     for side in ("right", "left"):
         t, r = lung_t(sc, side, v), lateral_r(sc, side, u)
-        lung = lung_mask(sc, side, u, v, heart, knob)
-        helpers[side] = {"lung": lung, "t": t, "r": r}
-        out[f"{side} lung"] = lung
-        out[f"{side} upper lung zone"] = lung & (t < 1 / 3)
-        out[f"{side} mid lung zone"] = lung & (t >= 1 / 3) & (t < 2 / 3)
-        out[f"{side} lower lung zone"] = lung & (t >= 2 / 3)
-        h_u, h_v = sc.hilum(side)
-        eu, ev = (u - h_u) / (0.16 * (sc.w[side] - sc.m) + 5), (v - h_v) / (0.11 * sc.lung_height(side))
-        out[f"{side} hilar structures"] = eu * eu + ev * ev <= 1
-        out[f"{side} apical zone"] = lung & (t < APICAL_T)
-        out[f"{side} costophrenic angle"] = lung & (t > 0.8) & (r > 0.62)
         level = sc.dome_level(side, r)
+        # the lung and its parts, computed in the window of the hemithorax only
+        s = SIGN[side]
+        sl = window(sc, [s * sc.m, s * sc.w[side]] * 2, [sc.v_top] * 2 + [sc.v_cp[side]] * 2, 2)
+        lw, tw, rw = lung_mask(sc, side, u[sl], v[sl], heart[sl], knob[sl], t[sl], level[sl]), t[sl], r[sl]
+        parts = {"lung": lw, "upper lung zone": lw & (tw < 1 / 3), "mid lung zone": lw & (tw >= 1 / 3) & (tw < 2 / 3),
+                 "lower lung zone": lw & (tw >= 2 / 3), "apical zone": lw & (tw < APICAL_T),
+                 "costophrenic angle": lw & (tw > 0.8) & (rw > 0.62)}
+        for name, local in parts.items():
+            out[f"{side} {name}"] = np.zeros(u.shape, dtype=bool)
+            out[f"{side} {name}"][sl] = local
+        lung = out[f"{side} lung"]
+        helpers[side] = {"lung": lung, "t": t, "r": r, "level": level}
+        h_u, h_v = sc.hilum(side)
+        hw, hh = 0.16 * (sc.w[side] - sc.m) + 5, 0.11 * sc.lung_height(side)
+        out[f"{side} hilar structures"] = windowed(
+            sc, u, v, [h_u - hw, h_u + hw] * 2, [h_v - hh] * 2 + [h_v + hh] * 2, 1,
+            lambda uu, vv: ((uu - h_u) / hw) ** 2 + ((vv - h_v) / hh) ** 2 <= 1)
         out[f"{side} hemidiaphragm"] = (r >= 0) & (r <= 1.02) & (v >= level - 3) & (v <= level + 8)
         p, q = clavicle_segment(sc, side)
-        out[f"{side} clavicle"] = segment_distance2(u, v, p, q) < 25.0
+        out[f"{side} clavicle"] = windowed(sc, u, v, [p[0], q[0]], [p[1], q[1]], 6,
+                                           lambda uu, vv: segment_distance2(uu, vv, p, q) < 25.0)
     cv, tu = sc.carina_v(), sc.trachea_u
     out["trachea"] = (np.abs(u - tu) < 6) & (v >= sc.v_top - 45) & (v <= cv)
     out["spine"] = (np.abs(u) < sc.spine_w) & (v >= sc.v_top - 30) & (v <= base + 12)
@@ -240,10 +256,12 @@ def anatomy_masks(sc: Scene, u, v) -> tuple[dict, dict]:
     out["upper mediastinum"] = (central & (v <= cv + 10)) | knob
     top = sc.heart_top()
     out["svc"] = (u > -(sc.m + 3)) & (u < -(sc.m - 6)) & (v >= sc.clavicle_v) & (v <= top + 4)
-    out["cavoatrial junction"] = (np.abs(u + sc.m + 1) < 7) & (np.abs(v - top - 4) < 7)
+    out["cavoatrial junction"] = (np.abs(u + sc.m + 1) < 10) & (np.abs(v - top - 4) < 10)
     out["right atrium"] = out["cardiac silhouette"] & (u < hu - 0.45 * a) & (v > hv - 0.5 * b)
-    out["carina"] = (np.abs(u - tu) < 11) & (v >= cv - 6) & (v <= cv + 12)
-    out["abdomen"] = below_diaphragm(sc, u, v) & body_mask(sc, u, v)
+    out["carina"] = (np.abs(u - tu) < 13) & (v >= cv - 8) & (v <= cv + 14)
+    helpers["below"] = below_diaphragm(sc, u, v, {s: helpers[s]["level"] for s in ("right", "left")})
+    helpers["body"] = body_mask(sc, u, v)
+    out["abdomen"] = helpers["below"] & helpers["body"]
     return out, helpers
 
 
@@ -255,15 +273,15 @@ def sample_scene(seed: int, index: int) -> Scene:
     w = U(80, 100)
     v_cp_left = U(68, 90)
     sc = Scene(
-        cx=128 + U(-18, 18), cy=126 + U(-14, 14), angle=math.radians(U(-8, 8)), scale=U(0.74, 1.04),
+        cx=128 + U(-14, 14), cy=126 + U(-11, 11), angle=math.radians(U(-8, 8)), scale=U(0.78, 1.03),
         m=U(10, 16), w={"right": w * U(0.94, 1.06), "left": w * U(0.94, 1.06)}, v_top=-U(78, 98),
         v_cp={"left": v_cp_left, "right": v_cp_left - U(2, 10)}, dome={"right": U(16, 30), "left": U(16, 30)},
-        ctr=U(*NORMAL_CTR), heart_dx=U(4, 12), heart_aspect=U(0.72, 0.88), heart_tilt=math.radians(U(22, 40)),
-        trachea_u=U(-3, 3), knob_r=U(8, 12), clavicle_v=0.0, clavicle_tilt=U(6, 18),
+        ctr=U(*NORMAL_CTR), heart_shift=U(0.28, 0.42), heart_aspect=U(0.72, 0.88), heart_tilt=math.radians(U(22, 40)),
+        trachea_u=U(-3, 3), knob_r=U(10, 14), clavicle_v=0.0, clavicle_tilt=U(6, 18),
         rib_spacing=U(15, 19), rib_phase=U(0, 1), rib_rise=U(14, 24), spine_w=U(10, 13), tissue=U(10, 20),
         gastric_bubble=bool(rng.random() < 0.7),
         look={"contrast": U(0.8, 1.2), "brightness": U(-0.06, 0.06), "gamma": U(0.75, 1.3),
-              "blur": U(0.5, 1.2), "noise": U(0.01, 0.04), "haze": U(0.0, 0.05), "markings": U(0.05, 0.09),
+              "blur": int(rng.integers(1, 4)), "noise": U(0.01, 0.04), "haze": U(0.0, 0.05), "markings": U(0.05, 0.09),
               "marking_freq": [int(k) for k in rng.integers(9, 17, size=2)],
               "marking_phase": [float(p) for p in rng.uniform(0, 2 * math.pi, size=2)]},
     )
@@ -315,7 +333,7 @@ def _sample_lung_finding(sc: Scene, kind: str, rng: np.random.Generator) -> Find
                 c = _point_in_zone(sc, side, zone, 0.5 * min(ru, rv), rng)
                 if c is not None:
                     return Finding(kind, side, zone, "", {"u": c[0], "v": c[1], "ru": ru, "rv": rv,
-                                                          "amp": float(rng.uniform(0.18, 0.26)),
+                                                          "amp": float(rng.uniform(0.24, 0.32)),
                                                           "texture": int(rng.integers(0, 2**31))})
     return None
 
@@ -354,33 +372,56 @@ def to_image(sc: Scene, u, v) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bbox(mask: np.ndarray) -> list[float] | None:
-    """Pixel box [x1, y1, x2, y2] (x2, y2 exclusive) of a boolean (H, W) mask; None if empty."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    """Pixel box [x1, y1, x2, y2] (x2, y2 exclusive) of a boolean (H, W) mask; None if empty.
+
+    Rows and columns are reduced 8 pixels at a time (the mask viewed as uint64 words).
+    """
+    words = np.ascontiguousarray(mask, dtype=bool).view(np.uint64)
+    rows = np.flatnonzero(words.any(1))
     if not len(rows):
         return None
+    cols = np.flatnonzero(np.bitwise_or.reduce(words[rows[0]:rows[-1] + 1], axis=0).view(bool))
     return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
 
 
-def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of a float32 (H, W) image, edges replicated."""
-    r = max(1, int(math.ceil(2.0 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k = (k / k.sum()).astype(F32)
-    n = img.shape[0]
-    p = np.pad(img, ((r, r), (0, 0)), mode="edge")
-    img = sum(k[i] * p[i:i + n] for i in range(len(k)))
-    p = np.pad(img, ((0, 0), (r, r)), mode="edge")
-    return sum(k[i] * p[:, i:i + n] for i in range(len(k)))
+def window(sc: Scene, us, vs, margin: float) -> tuple[slice, slice]:
+    """Image rows and columns that cover the canonical points (us, vs) grown by ``margin``."""
+    x, y = to_image(sc, us, vs)
+    g = margin * sc.scale + 2
+    x0, x1 = max(0, int(math.floor(x.min() - g))), min(SIDE, int(math.ceil(x.max() + g)))
+    y0, y1 = max(0, int(math.floor(y.min() - g))), min(SIDE, int(math.ceil(y.max() + g)))
+    return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
+
+
+def windowed(sc: Scene, u, v, us, vs, margin: float, fn) -> np.ndarray:
+    """``fn(u, v)`` evaluated only in the window around the points (us, vs), zero elsewhere."""
+    sl = window(sc, us, vs, margin)
+    out = np.zeros(u.shape, dtype=bool)
+    out[sl] = fn(u[sl], v[sl])
+    return out
+
+
+def _blur(img: np.ndarray, passes: int) -> np.ndarray:
+    """Binomial [1, 2, 1] / 4 blur of a float32 (H, W) image, ``passes`` times per axis
+    (sigma ~0.7 * sqrt(passes) pixels); edges replicated."""
+    for _ in range(passes):
+        p = np.concatenate([img[:1], img, img[-1:]], axis=0)
+        img = (p[:-2] + p[2:]) * F32(0.25) + p[1:-1] * F32(0.5)
+        p = np.concatenate([img[:, :1], img, img[:, -1:]], axis=1)
+        img = (p[:, :-2] + p[:, 2:]) * F32(0.25) + p[:, 1:-1] * F32(0.5)
+    return img
 
 
 def _smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
-    """Uniform noise in [-1, 1] on a (cells+1)^2 lattice, bilinearly upsampled: float32 (SIDE, SIDE)."""
+    """Uniform noise in [-1, 1] on a (cells+1)^2 lattice, bilinearly upsampled: float32 (SIDE, SIDE).
+
+    ``cells`` divides SIDE, so every lattice cell covers the same ``SIDE // cells`` pixels.
+    """
+    step = SIDE // cells
     g = rng.uniform(-1, 1, size=(cells + 1, cells + 1)).astype(F32)
-    x = np.linspace(0, cells, SIDE, endpoint=False, dtype=F32)
-    i = np.minimum(x.astype(np.int64), cells - 1)
-    f = x - i
-    rows = g[i] * (1 - f)[:, None] + g[i + 1] * f[:, None]
-    return rows[:, i] * (1 - f)[None, :] + rows[:, i + 1] * f[None, :]
+    f = np.tile(np.arange(step, dtype=F32) / step, cells)
+    rows = np.repeat(g[:-1], step, 0) * (1 - f)[:, None] + np.repeat(g[1:], step, 0) * f[:, None]
+    return np.repeat(rows[:, :-1], step, 1) * (1 - f)[None] + np.repeat(rows[:, 1:], step, 1) * f[None]
 
 
 def _fast_atan2(y, x):
@@ -417,20 +458,20 @@ def render(sc: Scene, seed: int, index: int, with_findings: bool = True) -> Rend
     rng = np.random.default_rng([seed, index, 1])
     look = sc.look
     u, v = canonical_grid(sc)
-    A, lungs = anatomy_masks(sc, u, v)
+    A, H = anatomy_masks(sc, u, v)
+    lungs = {side: H[side] for side in ("right", "left")}
     lung_any = lungs["right"]["lung"] | lungs["left"]["lung"]
-    body = body_mask(sc, u, v)
+    body = H["body"]
     au = np.abs(u)
 
     wide = side_width(sc, u) + F32(sc.tissue + 6)
-    q = np.clip(au / wide, 0, 1)
+    q = np.minimum(au / wide, F32(1))
     d = F32(0.04) + body * (F32(0.5) + F32(0.06) * (1 - q * q))
-    d += (A["mediastinum"] | (below_diaphragm(sc, u, v) & body)) * F32(0.12)
+    d += (A["mediastinum"] | (H["below"] & body)) * F32(0.12)
     if sc.gastric_bubble:
-        gu = sc.m + 0.45 * (sc.w["left"] - sc.m)
-        gv = float(sc.dome_level("left", 0.45)) + 11
-        eu, ev = (u - gu) / 11, (v - gv) / 6
-        d -= (eu * eu + ev * ev <= 1) * F32(0.12)
+        gu, gv = sc.m + 0.45 * (sc.w["left"] - sc.m), float(sc.dome_level("left", 0.45)) + 11
+        d -= windowed(sc, u, v, [gu], [gv], 12,
+                      lambda uu, vv: ((uu - gu) / 11) ** 2 + ((vv - gv) / 6) ** 2 <= 1) * F32(0.12)
     d -= lung_any * F32(0.30)
     # ribs: periodic arcs that rise, then fall laterally, inside the chest wall
     r = np.maximum(au - sc.m, 0) / ((sc.w["right"] + sc.w["left"]) / 2 - sc.m)
@@ -440,29 +481,28 @@ def render(sc: Scene, seed: int, index: int, with_findings: bool = True) -> Rend
     # spine with vertebrae, trachea and main bronchi, clavicles
     vv = v / F32(13.0)
     vert = (np.abs(vv - np.floor(vv) - 0.5) < 0.35) * F32(0.4) + F32(0.6)
-    d += ((au < sc.spine_w) & body) * vert * F32(0.10)
-    cv = sc.carina_v()
+    d += ((au < sc.spine_w) & body) * vert * F32(0.06)
+    cv, tu = sc.carina_v(), sc.trachea_u
     airway = A["trachea"].copy()
     for s in (-1, 1):
-        airway |= segment_distance2(u, v, (sc.trachea_u, cv), (sc.trachea_u + s * 22, cv + 22)) < 20.0
-    d -= airway * F32(0.10)
+        airway |= windowed(sc, u, v, [tu, tu + s * 22], [cv, cv + 22], 5,
+                           lambda uu, vv, s=s: segment_distance2(uu, vv, (tu, cv), (tu + s * 22, cv + 22)) < 20.0)
+    d -= airway * F32(0.14)
     d += (A["right clavicle"] | A["left clavicle"]) * F32(0.16)
-    # vessel markings radiating from the hila, hilar shadows
+    # vessel markings radiating from the hila (computed inside each lung's box), hilar shadows
     marks = np.zeros_like(d)
-    f1, f2 = look["marking_freq"]
-    p1, p2 = look["marking_phase"]
     for side in ("right", "left"):
         hu, hv = sc.hilum(side)
-        du, dv = u - hu, v - hv
-        dist2 = du * du + dv * dv
-        theta = _fast_atan2(dv, du * SIGN[side])
-        dist = np.sqrt(dist2)
-        streak = np.clip(np.cos(f1 * theta + p1) * np.cos(f2 * theta + p2 + dist / 40), 0, 1)
-        marks += lungs[side]["lung"] * (streak * streak * streak) * np.exp(-dist / F32(70))
-        d += F32(0.07) * np.exp(dist2 * F32(-1 / (2 * 9.0 ** 2)))
+        box = bbox(lungs[side]["lung"])
+        if box is not None:
+            sl = (slice(int(box[1]), int(box[3])), slice(int(box[0]), int(box[2])))
+            marks[sl] = _markings(u[sl] - hu, v[sl] - hv, SIGN[side], look) * lungs[side]["lung"][sl]
+        sl = window(sc, [hu], [hv], 27)
+        du, dv = u[sl] - hu, v[sl] - hv
+        d[sl] += F32(0.07) * np.exp((du * du + dv * dv) * F32(-1 / (2 * 9.0 ** 2)))
     d += F32(look["haze"]) * _smooth_noise(rng, 4)
     noise = (rng.random(u.shape, dtype=F32) - F32(0.5)) * F32(math.sqrt(12))  # unit variance
-    texture = _smooth_noise(rng, 24)
+    texture = _smooth_noise(rng, 32)
 
     boxes: list = []
     if with_findings:
@@ -472,11 +512,22 @@ def render(sc: Scene, seed: int, index: int, with_findings: bool = True) -> Rend
     d += F32(4 * look["markings"]) * marks
 
     d = (d - F32(0.35)) * F32(look["contrast"]) + F32(0.35 + look["brightness"])
-    d = np.clip(d, 0.0, 1.0) ** F32(look["gamma"])
-    d = _blur(d, look["blur"]) + F32(look["noise"]) * noise
-    img = np.clip(np.rint(d * F32(255)), 0, 255).astype(np.uint8)
+    d = _blur(np.clip(d, F32(0), F32(1)), look["blur"])
+    gamma = (np.linspace(0, 1, 1024, dtype=F32) ** F32(look["gamma"])) * F32(255)  # lookup table
+    d = gamma[(d * F32(1023) + F32(0.5)).astype(np.int32)] + F32(255 * look["noise"]) * noise
+    img = np.clip(d + F32(0.5), 0, 255).astype(np.uint8)
     anatomy = {name: bbox(mask) for name, mask in A.items()}
     return Rendered(img, anatomy, boxes)
+
+
+def _markings(du, dv, sign: float, look: dict):
+    """Vessel streaks radiating from a hilum at offset (du, dv), fading with distance."""
+    f1, f2 = look["marking_freq"]
+    p1, p2 = look["marking_phase"]
+    theta = _fast_atan2(dv, du * sign)
+    dist = np.sqrt(du * du + dv * dv)
+    streak = np.clip(np.cos(f1 * theta + p1) * np.cos(f2 * theta + p2 + dist / 40), 0, 1)
+    return streak * streak * streak * np.exp(-dist / F32(70))
 
 
 def _draw_findings(sc: Scene, u, v, lungs: dict, A: dict, texture: np.ndarray):
@@ -490,18 +541,21 @@ def _draw_findings(sc: Scene, u, v, lungs: dict, A: dict, texture: np.ndarray):
             boxes.append(bbox(A["cardiac silhouette"]))
             continue
         lung, t, r = lungs[f.side]["lung"], lungs[f.side]["t"], lungs[f.side]["r"]
+        mask = np.zeros(u.shape, dtype=bool)
         if f.kind == "nodule":
-            du, dv = u - p["u"], v - p["v"]
+            sl = window(sc, [p["u"]], [p["v"]], p["r"] + 4)
+            du, dv = u[sl] - p["u"], v[sl] - p["v"]
             dist = np.sqrt(du * du + dv * dv)
-            add += F32(p["amp"]) * _smoothstep((p["r"] + 1 - dist) / 2.5)
-            mask = dist < p["r"]
+            add[sl] += F32(p["amp"]) * _smoothstep((p["r"] + 1 - dist) / 2.5)
+            mask[sl] = dist < p["r"]
         elif f.kind == "opacity":
-            eu, ev = (u - p["u"]) / p["ru"], (v - p["v"]) / p["rv"]
+            sl = window(sc, [p["u"]], [p["v"]], max(p["ru"], p["rv"]) + 2)
+            eu, ev = (u[sl] - p["u"]) / p["ru"], (v[sl] - p["v"]) / p["rv"]
             e = np.sqrt(eu * eu + ev * ev)
-            patchy = F32(0.7) + F32(0.3) * np.roll(texture, p["texture"] % 97, axis=p["texture"] % 2)
-            alpha = _smoothstep((1.0 - e) / 0.45) * patchy * lung
-            add += F32(p["amp"]) * alpha
-            mask = alpha > 0.25
+            patchy = F32(0.7) + F32(0.3) * np.roll(texture, p["texture"] % 97, axis=p["texture"] % 2)[sl]
+            alpha = _smoothstep((1.0 - e) / 0.45) * patchy * lung[sl]
+            add[sl] += F32(p["amp"]) * alpha
+            mask[sl] = alpha > 0.25
         elif f.kind == "consolidation":
             mask = lung & (t > p["fissure"] + p["slope"] * (1 - np.clip(r, 0, 1)))
             add += mask * F32(0.27)
@@ -514,7 +568,7 @@ def _draw_findings(sc: Scene, u, v, lungs: dict, A: dict, texture: np.ndarray):
         elif f.kind == "pneumothorax":
             mask = _pneumothorax(sc, f.side, u, lung, t, p)
             edge = _dilate(mask, 2) & lung & ~mask  # the visceral pleural line
-            add += edge * F32(0.16) - mask * F32(0.05)
+            add += edge * F32(0.2) - mask * F32(0.1)
             no_marks |= mask
         else:  # pragma: no cover
             raise ValueError(f.kind)
