@@ -277,3 +277,56 @@ def test_gradients_flow_to_predictions():
     sum(terms).backward()
     for t in (boxes, weights, feats, logits):
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_anatomy_classification_subsamples_negative_classes():
+    # C = 4 > n_negatives = 3. Classes 0 and 1 have positives (weight 1 + 1e-7), class 2 is
+    # valid but never positive (weight 1e-7), class 3 has a raw positive only where invalid.
+    tau, r2 = 0.25, math.sqrt(2)
+    features = T([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]]])  # (N=1, A=2, d=4); f_1 = (e1 + e2) / sqrt 2
+    pos = torch.eye(4)  # p_c = e_c
+    neg = -torch.eye(4)  # q_c = -e_c
+    labels = T([[[1, 0, 0, 1], [0, 1, 0, 0]]])
+    valid = T([[[True, True, True, False], [True, True, True, False]]])
+    for seed in range(3):
+        k = negative_class_subset(labels, valid, 3, torch.Generator().manual_seed(seed))
+        assert k.tolist() == [True, True, False, False]  # 3 drawn {0, 1, 3}, then 3 dropped (no valid label)
+    # K = {0, 1}: class 2 (valid, negative, outside K) is neither a positive nor a candidate
+    # region 0 (f = e0): P = {p_0: 4, q_1: 0}; D = {p_0: 4, q_0: -4, p_1: 0, q_1: 0}
+    l0 = -(4 + 0) / 2 + math.log(math.e**4 + math.e**-4 + 2)
+    # region 1: P = {p_1: 4/sqrt2, q_0: 0}; D = {p_0: 0, q_0: 0, p_1: 4/sqrt2, q_1: -4/sqrt2}
+    s = 4 / r2
+    l1 = -(s + 0) / 2 + math.log(math.exp(s) + math.exp(-s) + 2)
+    out = anatomy_classification_loss(features, pos, neg, labels, valid, tau=tau, n_negatives=3,
+                                      generator=torch.Generator().manual_seed(0))
+    assert close(out, (l0 + l1) / 2, 1e-4)
+    # C <= n_negatives: K = every valid class {0, 1, 2}, so class 2 joins P (as q_2) and D
+    l0_all = -(4 + 0 + 0) / 3 + math.log(math.e**4 + math.e**-4 + 4)
+    l1_all = -(s + 0 - s) / 3 + math.log(math.exp(s) + math.exp(-s) + 2 + math.exp(s) + math.exp(-s))
+    out_all = anatomy_classification_loss(features, pos, neg, labels, valid, tau=tau, n_negatives=10)
+    assert close(out_all, (l0_all + l1_all) / 2, 1e-4)
+
+
+def test_pathology_detection_one_sample_one_class_one_target_reference_matching():
+    # default (reference) matching: which of the 3 boxes wins the first copy is a solver tie,
+    # but all 3 regress to the target and exactly one weight target is 1
+    pred = T([[[SMALL, SMALL, SMALL]]]).requires_grad_()  # (N=1, C=1, R=3, 4)
+    weights = T([[[0.9, 0.5, 0.2]]]).requires_grad_()
+    cls_prob = torch.full((1, 1, 3), 0.5)
+    target = T([[[BIG, [0.0, 0.0, 0.0, 0.0]]]])  # second slot is padding
+    target_mask = T([[[True, False]]])
+    out = pathology_detection_loss(pred, weights, cls_prob, target, target_mask, T([[True]]))
+    assert close(out["box_loss"].detach(), NESTED_PAIR_LOSS)  # (3.5 + 3.5 + 3.5) / 3 assigned pairs
+    a = (3 - 1 + 1) / (3 + 2)  # n_neg = 2, n_all = 3 -> alpha = 3/5
+
+    def fl(p, y):
+        return (a if y else 1 - a) * (1 - (p if y else 1 - p)) ** 2 * -math.log(p if y else 1 - p)
+
+    w = [0.9, 0.5, 0.2]
+    options = [sum(fl(w[r], r == winner) for r in range(3)) / 3 for winner in range(3)]
+    assert len({round(o, 6) for o in options}) == 3  # the three outcomes are distinguishable
+    assert any(close(out["weights_loss"].detach(), o) for o in options)
+    assert close(out["total"].detach(), out["box_loss"].detach() + 3 * out["weights_loss"].detach())
+    out["total"].backward()
+    for t in (pred, weights):
+        assert torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0

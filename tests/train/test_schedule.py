@@ -16,6 +16,7 @@ def test_lr_at_key_points():
     assert at_warmup < BASE
     assert math.isclose(lr_at(50, BASE, MIN, WARMUP, TOTAL), MIN + 0.5 * (BASE - MIN))
     assert lr_at(TOTAL, BASE, MIN, WARMUP, TOTAL) == MIN
+    assert lr_at(TOTAL + 5, BASE, MIN, WARMUP, TOTAL) == MIN
     assert lr_at(TOTAL + 7, BASE, MIN, WARMUP, TOTAL) == MIN
 
 
