@@ -30,6 +30,7 @@ def _register() -> None:
     from chexcli.cli import evaluate; app.command("evaluate")(evaluate.evaluate)  # noqa: E702
     from chexcli.cli import weights; app.add_typer(weights.app, name="weights")  # noqa: E702
     from chexcli.cli import serve; app.command("serve")(serve.serve)  # noqa: E702
+    from chexcli.cli import train; app.command("train")(train.train)  # noqa: E702
 
 
 _register()
