@@ -47,7 +47,7 @@ from chexcli.data.synthetic_report import CIG_LABELS, MSCXR_CLASS, VINDR_CLASS, 
 from chexcli.errors import ChexError
 
 KIND = "synthetic"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bumped whenever the same seed would draw different data
 GROUND_TRUTH = "synthetic.csv"
 FRONTAL_TABLE = "mimic_frontal.csv"
 REPORTS = "mimic-cxr-frontal-report"
@@ -93,9 +93,28 @@ def generate(seed: int, index: int) -> tuple[np.ndarray, dict]:
 _W: dict = {}
 
 
-def _init(array_path: str, seed: int) -> None:
+def _init(array_path: str, seed: int, worker: bool = False) -> None:
     _W["arr"] = np.load(array_path, mmap_mode="r+")
     _W["seed"] = seed
+    if worker:
+        _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed buffers instead of handing them back to the OS.
+
+    Drawing allocates many 256 KB temporaries per image; with glibc's defaults each one is
+    a fresh memory mapping whose page faults cost a third of the drawing time. Best effort,
+    and only in the worker processes (no effect outside glibc).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def _task(chunk: tuple[int, int]) -> list[dict]:
@@ -121,7 +140,7 @@ def _draw_all(out: Path, n: int, seed: int, workers: int, progress: bool) -> lis
     bar = tqdm(total=n, desc="synthetic images", unit="img", disable=not progress or None, leave=False,
                dynamic_ncols=True)
     try:
-        if workers <= 1 or len(chunks) < 2:
+        if len(chunks) < 3:  # small: draw here
             _init(str(tmp), seed)
             for c in chunks:
                 records += _task(c)
@@ -129,7 +148,7 @@ def _draw_all(out: Path, n: int, seed: int, workers: int, progress: bool) -> lis
             _W.clear()
         else:
             ctx = mp.get_context("fork") if hasattr(os, "fork") else mp.get_context()
-            with ctx.Pool(workers, initializer=_init, initargs=(str(tmp), seed)) as pool:
+            with ctx.Pool(workers, initializer=_init, initargs=(str(tmp), seed, True)) as pool:
                 for recs in pool.imap(_task, chunks):
                     records += recs
                     bar.update(len(recs))
@@ -250,8 +269,10 @@ def _check_out(out: Path, params: dict) -> bool:
     man = read_manifest(out) or {}
     held = man.get(KIND)
     if man.get("kind") != KIND or held != params:
-        what = (f"a synthetic data set with --n {held.get('n')} --seed {held.get('seed')}"
-                if man.get("kind") == KIND and isinstance(held, dict) else "other files")
+        what = "other files"
+        if man.get("kind") == KIND and isinstance(held, dict):
+            what = (f"a synthetic data set with --n {held.get('n')} --seed {held.get('seed')} "
+                    f"(generator version {held.get('generator_version')}, this chexcli draws {GENERATOR_VERSION})")
         raise ChexError(f"--out {out} is not empty and holds {what}; give an empty or new folder for "
                         f"--n {params['n']} --seed {params['seed']}")
     part = man.get("parts", {}).get(KIND, {})

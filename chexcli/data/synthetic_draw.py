@@ -182,7 +182,7 @@ def lung_mask(sc: Scene, side: str, u, v, heart=None, knob=None, t=None, level=N
 
 def side_width(sc: Scene, u):
     """Lateral extent of the lung on the side of each point."""
-    return sc.w["left"] + (sc.w["right"] - sc.w["left"]) * (u < 0)
+    return F32(sc.w["left"]) + (u < 0) * F32(sc.w["right"] - sc.w["left"])
 
 
 def body_mask(sc: Scene, u, v):
@@ -247,18 +247,26 @@ def anatomy_masks(sc: Scene, u, v) -> tuple[dict, dict]:
         out[f"{side} clavicle"] = windowed(sc, u, v, [p[0], q[0]], [p[1], q[1]], 6,
                                            lambda uu, vv: segment_distance2(uu, vv, p, q) < 25.0)
     cv, tu = sc.carina_v(), sc.trachea_u
-    out["trachea"] = (np.abs(u - tu) < 6) & (v >= sc.v_top - 45) & (v <= cv)
-    out["spine"] = (np.abs(u) < sc.spine_w) & (v >= sc.v_top - 30) & (v <= base + 12)
+    out["trachea"] = windowed(sc, u, v, [tu - 6, tu + 6] * 2, [sc.v_top - 45] * 2 + [cv] * 2, 1,
+                              lambda uu, vv: (np.abs(uu - tu) < 6) & (vv >= sc.v_top - 45) & (vv <= cv))
+    sw = sc.spine_w
+    out["spine"] = windowed(sc, u, v, [-sw, sw] * 2, [sc.v_top - 30] * 2 + [base + 12] * 2, 1,
+                            lambda uu, vv: (np.abs(uu) < sw) & (vv >= sc.v_top - 30) & (vv <= base + 12))
     out["aortic arch"] = knob
     central = (np.abs(u) < sc.m + 1) & (v >= sc.v_top - 25)
     out["cardiac silhouette"] = heart & (v <= base + 2)
     out["mediastinum"] = (central & (v <= base)) | out["cardiac silhouette"] | knob
     out["upper mediastinum"] = (central & (v <= cv + 10)) | knob
     top = sc.heart_top()
-    out["svc"] = (u > -(sc.m + 3)) & (u < -(sc.m - 6)) & (v >= sc.clavicle_v) & (v <= top + 4)
-    out["cavoatrial junction"] = (np.abs(u + sc.m + 1) < 10) & (np.abs(v - top - 4) < 10)
+    su = [-(sc.m + 3), -(sc.m - 6)]
+    out["svc"] = windowed(sc, u, v, su * 2, [sc.clavicle_v] * 2 + [top + 4] * 2, 1,
+                          lambda uu, vv: (uu > su[0]) & (uu < su[1]) & (vv >= sc.clavicle_v) & (vv <= top + 4))
+    cu, cw = -(sc.m + 1), top + 4
+    out["cavoatrial junction"] = windowed(sc, u, v, [cu - 10, cu + 10] * 2, [cw - 10] * 2 + [cw + 10] * 2, 1,
+                                          lambda uu, vv: (np.abs(uu - cu) < 10) & (np.abs(vv - cw) < 10))
     out["right atrium"] = out["cardiac silhouette"] & (u < hu - 0.45 * a) & (v > hv - 0.5 * b)
-    out["carina"] = (np.abs(u - tu) < 13) & (v >= cv - 8) & (v <= cv + 14)
+    out["carina"] = windowed(sc, u, v, [tu - 13, tu + 13] * 2, [cv - 8] * 2 + [cv + 14] * 2, 1,
+                             lambda uu, vv: (np.abs(uu - tu) < 13) & (vv >= cv - 8) & (vv <= cv + 14))
     helpers["below"] = below_diaphragm(sc, u, v, {s: helpers[s]["level"] for s in ("right", "left")})
     helpers["body"] = body_mask(sc, u, v)
     out["abdomen"] = helpers["below"] & helpers["body"]
@@ -281,7 +289,7 @@ def sample_scene(seed: int, index: int) -> Scene:
         rib_spacing=U(15, 19), rib_phase=U(0, 1), rib_rise=U(14, 24), spine_w=U(10, 13), tissue=U(10, 20),
         gastric_bubble=bool(rng.random() < 0.7),
         look={"contrast": U(0.8, 1.2), "brightness": U(-0.06, 0.06), "gamma": U(0.75, 1.3),
-              "blur": int(rng.integers(1, 4)), "noise": U(0.01, 0.04), "haze": U(0.0, 0.05), "markings": U(0.05, 0.09),
+              "blur": int(rng.integers(1, 3)), "noise": U(0.01, 0.04), "haze": U(0.0, 0.05), "markings": U(0.05, 0.09),
               "marking_freq": [int(k) for k in rng.integers(9, 17, size=2)],
               "marking_phase": [float(p) for p in rng.uniform(0, 2 * math.pi, size=2)]},
     )
@@ -377,11 +385,12 @@ def bbox(mask: np.ndarray) -> list[float] | None:
     Rows and columns are reduced 8 pixels at a time (the mask viewed as uint64 words).
     """
     words = np.ascontiguousarray(mask, dtype=bool).view(np.uint64)
-    rows = np.flatnonzero(words.any(1))
-    if not len(rows):
+    nz = np.flatnonzero(words)
+    if not len(nz):
         return None
-    cols = np.flatnonzero(np.bitwise_or.reduce(words[rows[0]:rows[-1] + 1], axis=0).view(bool))
-    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+    r0, r1 = nz[0] // words.shape[1], nz[-1] // words.shape[1]
+    cols = np.flatnonzero(np.bitwise_or.reduce(words[r0:r1 + 1], axis=0).view(bool))
+    return [float(cols[0]), float(r0), float(cols[-1] + 1), float(r1 + 1)]
 
 
 def window(sc: Scene, us, vs, margin: float) -> tuple[slice, slice]:
@@ -479,9 +488,11 @@ def render(sc: Scene, seed: int, index: int, with_findings: bool = True) -> Rend
     thorax = (au > sc.m * 0.8) & (au < wide - 10) & (v > sc.v_top - 12) & (v < sc.v_cp["left"] + 4)
     d += ((arc - np.floor(arc) < 0.3) & (arc > -0.5) & thorax) * F32(0.07)
     # spine with vertebrae, trachea and main bronchi, clavicles
-    vv = v / F32(13.0)
+    top, bottom = -sc.cy / sc.scale - 20, (SIDE - sc.cy) / sc.scale + 20  # canonical v of the image rows
+    sl = window(sc, [-sc.spine_w, sc.spine_w] * 2, [top] * 2 + [bottom] * 2, 1)
+    vv = v[sl] / F32(13.0)
     vert = (np.abs(vv - np.floor(vv) - 0.5) < 0.35) * F32(0.4) + F32(0.6)
-    d += ((au < sc.spine_w) & body) * vert * F32(0.06)
+    d[sl] += ((au[sl] < sc.spine_w) & body[sl]) * vert * F32(0.06)
     cv, tu = sc.carina_v(), sc.trachea_u
     airway = A["trachea"].copy()
     for s in (-1, 1):
@@ -502,11 +513,10 @@ def render(sc: Scene, seed: int, index: int, with_findings: bool = True) -> Rend
         d[sl] += F32(0.07) * np.exp((du * du + dv * dv) * F32(-1 / (2 * 9.0 ** 2)))
     d += F32(look["haze"]) * _smooth_noise(rng, 4)
     noise = (rng.random(u.shape, dtype=F32) - F32(0.5)) * F32(math.sqrt(12))  # unit variance
-    texture = _smooth_noise(rng, 32)
 
     boxes: list = []
-    if with_findings:
-        add, no_marks, boxes = _draw_findings(sc, u, v, lungs, A, texture)
+    if with_findings:  # (the opacity texture is drawn last from the noise stream)
+        add, no_marks, boxes = _draw_findings(sc, u, v, lungs, A, rng)
         d += add
         marks *= ~no_marks
     d += F32(4 * look["markings"]) * marks
@@ -530,7 +540,7 @@ def _markings(du, dv, sign: float, look: dict):
     return streak * streak * streak * np.exp(-dist / F32(70))
 
 
-def _draw_findings(sc: Scene, u, v, lungs: dict, A: dict, texture: np.ndarray):
+def _draw_findings(sc: Scene, u, v, lungs: dict, A: dict, rng: np.random.Generator):
     """(density added by the findings, where lung markings vanish, one box per finding)."""
     add = np.zeros(u.shape, dtype=F32)
     no_marks = np.zeros(u.shape, dtype=bool)
@@ -552,6 +562,7 @@ def _draw_findings(sc: Scene, u, v, lungs: dict, A: dict, texture: np.ndarray):
             sl = window(sc, [p["u"]], [p["v"]], max(p["ru"], p["rv"]) + 2)
             eu, ev = (u[sl] - p["u"]) / p["ru"], (v[sl] - p["v"]) / p["rv"]
             e = np.sqrt(eu * eu + ev * ev)
+            texture = _smooth_noise(rng, 32)
             patchy = F32(0.7) + F32(0.3) * np.roll(texture, p["texture"] % 97, axis=p["texture"] % 2)[sl]
             alpha = _smoothstep((1.0 - e) / 0.45) * patchy * lung[sl]
             add[sl] += F32(p["amp"]) * alpha
