@@ -1,0 +1,1 @@
+"""`chex demo`: synthetic data -> training -> checks of the trained model against trivial baselines."""
