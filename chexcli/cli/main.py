@@ -31,6 +31,7 @@ def _register() -> None:
     from chexcli.cli import weights; app.add_typer(weights.app, name="weights")  # noqa: E702
     from chexcli.cli import serve; app.command("serve")(serve.serve)  # noqa: E702
     from chexcli.cli import train; app.command("train")(train.train)  # noqa: E702
+    from chexcli.cli import demo; app.command("demo")(demo.demo)  # noqa: E702
 
 
 _register()

@@ -151,10 +151,12 @@ class TrainTransform:
     """The reference's training augmentation; ``swap_laterality`` fixes quirk 10."""
 
     def __init__(self, size: int = 224, swap_laterality: bool = True, anatomy_names: list[str] | None = None,
-                 normalize: bool = True):
+                 normalize: bool = True, crop_scale: tuple[float, float] = (0.5, 1.0), blur_p: float = 0.5):
         self.size = size
         self.swap_laterality = swap_laterality
         self.normalize = normalize
+        self.crop_scale = crop_scale  # area fraction of the random resized crop
+        self.blur_p = blur_p
         self.anat_perm = laterality_permutation(anatomy_names) if anatomy_names else None
 
     def __call__(self, img: np.ndarray, t: Targets, rng: np.random.Generator):
@@ -168,7 +170,7 @@ class TrainTransform:
                 self._swap(t)
         x = self._affine(x, t, rng)
         x = self._color(x, rng)
-        if rng.random() < 0.5:
+        if rng.random() < self.blur_p:
             sigma = rng.uniform(0.1, 5.0)
             k = int(rng.integers(0, 4))
             x = gaussian_blur(x, 3 if k == 2 else k, sigma)
@@ -182,7 +184,7 @@ class TrainTransform:
         area = h * w
         ch, cw, y0, x0 = h, w, 0, 0
         for _ in range(10):
-            target = area * rng.uniform(0.5, 1.0)
+            target = area * rng.uniform(*self.crop_scale)
             ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
             cw_ = int(round(math.sqrt(target * ratio)))
             ch_ = int(round(math.sqrt(target / ratio)))

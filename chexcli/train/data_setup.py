@@ -47,9 +47,23 @@ def check_folders(folders: list[Path]) -> None:
             raise ChexError(f"--data {folder} is not a prepared folder (no manifest.json); run `chex data prepare` first")
 
 
+AUGMENTATION = {  # TrainTransform options per recipe `data.augmentation`
+    "reference": {"crop_scale": (0.5, 1.0), "blur_p": 0.5},  # TRAINING.md §5.1
+    "light": {"crop_scale": (0.85, 1.0), "blur_p": 0.0},  # small models from scratch (the demo)
+}
+
+
 def training_dataset(folders: list[Path], configs: list[str], size: int, seed: int, swap_laterality: bool,
-                     augment_multiboxes: bool):
-    """The recipe's training data: one ChexDataset, or a MixedDataset of several (stage 1)."""
+                     augment_multiboxes: bool, augmentation: str = "reference"):
+    """The recipe's training data: one ChexDataset, or a MixedDataset of several (stage 1).
+
+    augmentation: "reference" (TRAINING.md §5.1), "light" (milder crop, no blur) or "none"
+    (the evaluation transform).
+    """
+    from chexcli.data.transforms import TrainTransform
+
+    if augmentation not in (*AUGMENTATION, "none"):
+        raise ChexError(f"recipe data.augmentation must be reference, light or none, got {augmentation!r}")
     parts = []
     for name in configs:
         folder = find_folder(folders, name)
@@ -58,8 +72,11 @@ def training_dataset(folders: list[Path], configs: list[str], size: int, seed: i
             hint = PREPARE_HINT.get(name, "chex data prepare mimic")
             raise ChexError(f"the recipe needs dataset {name} ({table}.train.csv), which none of the --data "
                             f"folders holds; prepare it (`{hint}`) and add --data FOLDER")
-        ds = ChexDataset(folder, name, "train", transform="train", size=size, seed=seed,
+        ds = ChexDataset(folder, name, "train", transform="eval", size=size, seed=seed,
                          swap_laterality=swap_laterality, augment_multiboxes=augment_multiboxes)
+        if augmentation != "none":
+            ds.transform = TrainTransform(size, swap_laterality=swap_laterality, anatomy_names=ds.anat_names,
+                                          **AUGMENTATION[augmentation])
         if len(ds) == 0:
             raise ChexError(f"{folder}: the train split of {name} is empty; prepare the dataset again")
         parts.append(ds)

@@ -276,6 +276,29 @@ def apply_freezing(model: ChEX, recipe: dict[str, Any]) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
+def set_regularisation(model: ChEX, recipe: dict[str, Any]) -> None:
+    """Training-time stochasticity from the recipe: `model.dropout_scale` multiplies every dropout
+    and drop-path rate (1.0: the reference's rates; the demo trains small models with less), and
+    `model.post_decoder_multibox_drop` sets the post decoder's multibox-token dropping."""
+    from torch import nn
+
+    from chexcli.model.gpt2 import _Attention
+    from chexcli.model.layers import DropPath
+
+    scale = float(recipe["model"].get("dropout_scale", 1.0))
+    for module in model.modules():
+        if isinstance(module, (nn.Dropout, DropPath)):
+            if not hasattr(module, "_reference_p"):
+                module._reference_p = module.p
+            module.p = module._reference_p * scale
+        elif isinstance(module, _Attention):
+            if not hasattr(module, "_reference_dropout"):
+                module._reference_dropout = module.dropout
+            module.dropout = module._reference_dropout * scale
+    if model.post_decoder is not None:
+        model.post_decoder.drop_prob = float(recipe["model"].get("post_decoder_multibox_drop", 0.1))
+
+
 # ------------------------------------------------------------------------------------------ run folder
 def save_skeleton(model: ChEX, folder: Path) -> None:
     """Config and tokenizers of the run's model (no weights): resume rebuilds the model from it."""

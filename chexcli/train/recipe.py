@@ -128,7 +128,8 @@ def check_recipe(recipe: dict[str, Any]) -> None:
     _positive_int(recipe, "optim", "max_epochs", allow_none=True)
     for key in ("log_every", "checkpoint_every"):
         _positive_int(recipe, "run", key)
-    _positive_int(recipe, "run", "val_every", allow_none=True)
+    if recipe["run"]["val_every"] != 0:  # 0: no validation
+        _positive_int(recipe, "run", "val_every", allow_none=True)
     _positive_int(recipe, "run", "val_batches", allow_none=True)
     for key in ("lr", "min_lr", "weight_decay", "grad_clip"):
         value = recipe["optim"][key]

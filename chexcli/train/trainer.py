@@ -31,7 +31,8 @@ from chexcli.train import distributed as dist_utils
 from chexcli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from chexcli.train.data_setup import (ShardedBatchSampler, check_folders, dataset_names, shard_index, text_corpus,
                                       training_dataset)
-from chexcli.train.model_setup import apply_freezing, build_model, load_skeleton, save_skeleton
+from chexcli.train.model_setup import (apply_freezing, build_model, load_skeleton, save_skeleton,
+                                      set_regularisation)
 from chexcli.train.objective import ChexObjective, TxtgenObjective
 from chexcli.train.recipe import resolve_recipe
 from chexcli.train.schedule import lr_at
@@ -242,7 +243,7 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
     # --- data -------------------------------------------------------------------------------
     size = 224
     dataset = training_dataset(folders, recipe["data"]["train"], size, seed, recipe["data"]["swap_laterality"],
-                               recipe["data"]["augment_multiboxes"])
+                               recipe["data"]["augment_multiboxes"], recipe["data"].get("augmentation", "reference"))
     sampler = ShardedBatchSampler(len(dataset), micro, accum, info.world, info.rank, seed)
     per_epoch = sampler.updates_per_epoch()
     max_steps = optim_cfg["max_steps"] or optim_cfg["max_epochs"] * per_epoch
@@ -284,7 +285,8 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
                                 run_dir / ".work", say)
     model.to(device)
     model.train()
-    trained = apply_freezing(model, recipe)
+    apply_freezing(model, recipe)
+    set_regularisation(model, recipe)
     if recipe["run"].get("activation_checkpointing") and model.txt_decoder is not None:
         model.txt_decoder.language_model.gradient_checkpointing = True
 
@@ -340,7 +342,7 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
             _write_state(run_dir, status=status, step=step, max_steps=max_steps)
         dist_utils.barrier(info)
 
-    val_every = recipe["run"]["val_every"] or per_epoch
+    val_every = per_epoch if recipe["run"]["val_every"] is None else recipe["run"]["val_every"]  # 0: never
     ckpt_every = recipe["run"]["checkpoint_every"]
     log_every = recipe["run"]["log_every"]
     best_key, best_mode = None, "max"
@@ -387,7 +389,7 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
                     log.write({"kind": "train", "step": step, "epoch": epoch, "lr": lr,
                                "grad_norm": float(grad_norm), "samples_per_s": rate, "time": time.time(),
                                **sums})
-                if step % val_every == 0 or step == max_steps:
+                if val_every and (step % val_every == 0 or step == max_steps):
                     results = _validation(model, objective, recipe, folders, device, optim_cfg["batch_size"],
                                           info, progress)
                     headline = results.pop("_headline", None)
