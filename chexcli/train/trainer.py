@@ -253,36 +253,39 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
     if run_dir is None:
         if info.is_main:
             run_dir = _new_run_dir(opts.out, opts.name, stage)
-        run_dir = Path(dist_utils.broadcast_object(info, str(run_dir) if run_dir else None))
-        try:
-            torch.manual_seed(seed)
-            model = build_model(stage, init, init_generator, model_config, lambda: text_corpus(dataset),
-                                run_dir / ".work", say)
-        except BaseException:
-            if info.is_main and run_dir.exists() and not any(p for p in run_dir.iterdir() if p.name != ".work"):
-                import shutil
-
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        if info.is_main:
-            save_skeleton(model, run_dir / "model")
+            # the recipe and options first: from here on the run folder can be resumed
             _atomic_text(run_dir / CONFIG_FILE, yaml.safe_dump(recipe, sort_keys=False))
             args = opts.to_json()
             args.update(stage=stage, data=[str(f) for f in folders],
                         init=str(Path(init).resolve()) if init else None,
                         init_generator=str(Path(init_generator).resolve()) if init_generator else None)
             _atomic_text(run_dir / ARGS_FILE, json.dumps(args, indent=1))
+        run_dir = Path(dist_utils.broadcast_object(info, str(run_dir) if run_dir else None))
+        try:
+            torch.manual_seed(seed)
+            model = build_model(stage, init, init_generator, model_config, lambda: text_corpus(dataset),
+                                run_dir / ".work", say)
+        except BaseException:
+            if info.is_main:  # nothing was trained yet: leave no run folder behind
+                import shutil
+
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        if info.is_main:
+            save_skeleton(model, run_dir / "model")
             _write_state(run_dir, status="running", step=0, max_steps=max_steps)
         dist_utils.barrier(info)
     else:
-        model = load_skeleton(run_dir / "model")
         checkpoint = load_checkpoint(run_dir / "checkpoints")
         if checkpoint is not None:
+            model = load_skeleton(run_dir / "model")
             model.load_state_dict(checkpoint["model"])
         else:  # killed before the first checkpoint: the initial weights are rebuilt exactly
             torch.manual_seed(seed)
             model = build_model(stage, init, init_generator, model_config, lambda: text_corpus(dataset),
                                 run_dir / ".work", say)
+            if info.is_main:
+                save_skeleton(model, run_dir / "model")
     model.to(device)
     model.train()
     apply_freezing(model, recipe)
@@ -325,7 +328,7 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
         best = checkpoint.get("best")
         set_rng_state(checkpoint["rng"])
     log = JsonLog(run_dir, info.is_main)
-    log.write({"kind": "start" if checkpoint is None else "resume", "step": step, "time": time.time(),
+    log.write({"kind": "resume" if opts.resume is not None else "start", "step": step, "time": time.time(),
                "trainable_parameters": sum(p.numel() for p in params), "processes": info.world})
     say(f"stage {stage}: {len(dataset)} training samples, {per_epoch} updates per epoch of "
         f"{sampler.global_batch}, {max_steps} updates, {sum(p.numel() for p in params):,} trained parameters "
