@@ -331,17 +331,17 @@ def _sample_lung_finding(sc: Scene, kind: str, rng: np.random.Generator) -> Find
             if (side, zone) in taken:
                 continue
             if kind == "nodule":
-                r = float(rng.uniform(7.5, 11.0))
+                r = float(rng.uniform(10.0, 15.0))  # 20-30 px: about one patch of a ViT-B/32 at 224
                 c = _point_in_zone(sc, side, zone, r + 2, rng)
                 if c is not None:
-                    return Finding(kind, side, zone, "small" if r < 9 else "",
-                                   {"u": c[0], "v": c[1], "r": r, "amp": float(rng.uniform(0.24, 0.34))})
+                    return Finding(kind, side, zone, "small" if r < 12 else "",
+                                   {"u": c[0], "v": c[1], "r": r, "amp": float(rng.uniform(0.3, 0.4))})
             else:
-                ru, rv = float(rng.uniform(16, 26)), float(rng.uniform(16, 26))
+                ru, rv = float(rng.uniform(20, 30)), float(rng.uniform(20, 30))
                 c = _point_in_zone(sc, side, zone, 0.5 * min(ru, rv), rng)
                 if c is not None:
                     return Finding(kind, side, zone, "", {"u": c[0], "v": c[1], "ru": ru, "rv": rv,
-                                                          "amp": float(rng.uniform(0.24, 0.32)),
+                                                          "amp": float(rng.uniform(0.3, 0.38)),
                                                           "texture": int(rng.integers(0, 2**31))})
     return None
 

@@ -241,9 +241,40 @@ def _random_model(stage: str, model_config: str, corpus: Callable[[], list[str]]
     eos = gpt2.convert_tokens_to_ids("<|endoftext|>")
     arch = preset_config(model_config, clip.vocab_size, len(gpt2), eos)
     model = ChEX(_stage_config(arch, stage), clip, prompts=prompts)
+    init_positions(model)
     attach_gpt2_tokenizer(model, gpt2)
     model.provenance = {"architecture": arch.to_dict()}
     return model
+
+
+def sincos_positions(grid: int, width: int) -> torch.Tensor:
+    """2-D sine-cosine embeddings of a grid x grid patch map, (grid * grid, width), row-major."""
+    quarter = width // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / max(1, quarter)))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                            indexing="ij")
+    parts = []
+    for coord in (ys.flatten(), xs.flatten()):
+        angles = coord[:, None] * omega[None] * (3.14159265 / grid)
+        parts += [angles.sin(), angles.cos()]
+    emb = torch.cat(parts, dim=1)
+    out = torch.zeros(grid * grid, width, dtype=torch.float64)
+    out[:, : emb.shape[1]] = emb
+    return out.float()
+
+
+@torch.no_grad()
+def init_positions(model: ChEX) -> None:
+    """Random-weight models: give the image tower sine-cosine patch positions of unit scale.
+
+    CLIP's random init (std width^-0.5) makes positions ~15x weaker than the patch content, so a
+    detector trained from scratch barely knows where a patch is (CheXzero's trained positions
+    do not have this problem). Only models built from random weights are changed.
+    """
+    backbone = model.img_encoder.backbone
+    grid, width = backbone.cfg.grid, backbone.cfg.width
+    backbone.positional_embedding[0].zero_()
+    backbone.positional_embedding[1:] = sincos_positions(grid, width)
 
 
 # ------------------------------------------------------------------------------------------ freezing
