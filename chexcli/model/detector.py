@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from chexcli.model.box_ops import hull_box, soft_roi_pool
 from chexcli.model.config import ChexConfig
-from chexcli.model.layers import MLP, DecoderBlock, block_diagonal, combine_self_attention_masks
+from chexcli.model.layers import MLP, DecoderBlock, Dropout, block_diagonal, combine_self_attention_masks
 
 
 @dataclass
@@ -83,7 +83,7 @@ class TokenDetector(nn.Module):
         self.decoder = _Decoder(cfg)
         self.bbox_predictor = nn.Sequential(nn.LayerNorm(d), MLP(d, 4, 2, hidden=hidden))
         self.patch_projector = nn.Sequential(nn.LayerNorm(d), MLP(d, d, 1))
-        self.skip_con_dropout = nn.Dropout(0.3)
+        self.skip_con_dropout = Dropout(0.3)
         self.out_projector = nn.Sequential(
             nn.LayerNorm(d), MLP(d, d, 2, hidden=cfg.detector.out_project_hidden_dim or 4 * d)
         )

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from chexcli.model.config import GeneratorConfig
+from chexcli.model.layers import Dropout
 
 DROPOUT = 0.1  # GPT-2's embedding, attention and residual dropout (active in training mode only)
 
@@ -93,7 +94,7 @@ class _Attention(nn.Module):
         self.c_attn = Conv1D(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = Conv1D(cfg.n_embd, cfg.n_embd)
         self.dropout = DROPOUT  # attention-probability and residual dropout (training only)
-        self.resid_dropout = nn.Dropout(DROPOUT)
+        self.resid_dropout = Dropout(DROPOUT)
 
     def forward(self, x: Tensor, cache: KVCache | None, layer: int, mask: Tensor | None,
                 prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -125,7 +126,7 @@ class _MLP(nn.Module):
         super().__init__()
         self.c_fc = Conv1D(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = Conv1D(4 * cfg.n_embd, cfg.n_embd)
-        self.dropout = nn.Dropout(DROPOUT)
+        self.dropout = Dropout(DROPOUT)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(gelu_new(self.c_fc(x))))
@@ -152,7 +153,7 @@ class _Transformer(nn.Module):
         self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
-        self.drop = nn.Dropout(DROPOUT)
+        self.drop = Dropout(DROPOUT)
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.01)
 

@@ -14,6 +14,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose keep-mask comes from uniform noise (``rand >= p``).
+
+    Same distribution as nn.Dropout (each element kept with probability 1 - p and scaled by
+    1 / (1 - p)), but about 3x faster on the CPU, where nn.Dropout's ``bernoulli_`` was 8 %
+    of a stage-1 training step. The mask is drawn in float32 whatever the autocast dtype.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p >= 1.0:
+            return x * 0.0
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
 class QuickGELU(nn.Module):
     """CLIP's activation: u * sigmoid(1.702 u)."""
 
@@ -107,9 +124,9 @@ class MLP(nn.Module):
         for i in range(n_layers):
             mods.append(nn.Linear(dims[i], dims[i + 1]))
             if i < n_layers - 1:
-                mods += [act(), nn.Dropout(dropout)]
+                mods += [act(), Dropout(dropout)]
             elif dropout_last:
-                mods.append(nn.Dropout(dropout))
+                mods.append(Dropout(dropout))
         self.layers = nn.Sequential(*mods)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -143,7 +160,7 @@ class _SelfAttention(nn.Module):
     def __init__(self, d: int, n_head: int, dropout: float):
         super().__init__()
         self.sa = MultiheadAttention(d, n_head)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return self.dropout(self.sa(x, x, x, mask))
@@ -153,7 +170,7 @@ class _CrossAttention(nn.Module):
     def __init__(self, d: int, n_head: int, dropout: float):
         super().__init__()
         self.mha = MultiheadAttention(d, n_head)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, memory: Tensor) -> Tensor:
         return self.dropout(self.mha(x, memory, memory))
