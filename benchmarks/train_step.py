@@ -15,7 +15,7 @@ The reference implementation takes 3.30 s for a stage-1 step at batch 8 on the 2
 machine (fp32); the target is at least 1.5x faster (<= 2.2 s).
 
 Usage: python benchmarks/train_step.py [--stages 1,3] [--batch 8] [--stage3-batch 2] [--device cpu|cuda]
-                                       [--repeats 3] [--threads 2] [--peak-tflops 989]
+                                       [--repeats 5] [--threads 2] [--peak-tflops 989]
 """
 
 from __future__ import annotations

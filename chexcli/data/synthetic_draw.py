@@ -335,13 +335,13 @@ def _sample_lung_finding(sc: Scene, kind: str, rng: np.random.Generator) -> Find
                 c = _point_in_zone(sc, side, zone, r + 2, rng)
                 if c is not None:
                     return Finding(kind, side, zone, "small" if r < 12 else "",
-                                   {"u": c[0], "v": c[1], "r": r, "amp": float(rng.uniform(0.3, 0.4))})
+                                   {"u": c[0], "v": c[1], "r": r, "amp": float(rng.uniform(0.45, 0.55))})
             else:
                 ru, rv = float(rng.uniform(20, 30)), float(rng.uniform(20, 30))
                 c = _point_in_zone(sc, side, zone, 0.5 * min(ru, rv), rng)
                 if c is not None:
                     return Finding(kind, side, zone, "", {"u": c[0], "v": c[1], "ru": ru, "rv": rv,
-                                                          "amp": float(rng.uniform(0.3, 0.38)),
+                                                          "amp": float(rng.uniform(0.42, 0.5)),
                                                           "texture": int(rng.integers(0, 2**31))})
     return None
 
@@ -569,17 +569,17 @@ def _draw_findings(sc: Scene, u, v, lungs: dict, A: dict, rng: np.random.Generat
             mask[sl] = alpha > 0.25
         elif f.kind == "consolidation":
             mask = lung & (t > p["fissure"] + p["slope"] * (1 - np.clip(r, 0, 1)))
-            add += mask * F32(0.27)
+            add += mask * F32(0.42)
             no_marks |= mask
         elif f.kind == "effusion":
             rr = 1 - np.clip(r, 0, 1)
             mask = lung & (t > p["level"] + p["meniscus"] * rr * np.sqrt(rr))
-            add += mask * F32(0.31)
+            add += mask * F32(0.48)
             no_marks |= mask
         elif f.kind == "pneumothorax":
             mask = _pneumothorax(sc, f.side, u, lung, t, p)
             edge = _dilate(mask, 2) & lung & ~mask  # the visceral pleural line
-            add += edge * F32(0.2) - mask * F32(0.1)
+            add += edge * F32(0.3) - mask * F32(0.16)
             no_marks |= mask
         else:  # pragma: no cover
             raise ValueError(f.kind)

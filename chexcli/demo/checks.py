@@ -12,8 +12,12 @@ Three checks, each measured on the test split of a synthetic processed folder
   IoU is at least 0.5 and at least 0.1 above the baseline.
 * **finding detection**: every finding class of the split (VinDr-CXR names such as
   "Nodule/Mass") is detected with the model's positive pathology prompts (synonym mean);
-  one detection per image and class: the prompt's box (as above) scored by its presence
-  score (``boxes_weights``). Measured: AP at IoU >= 0.5 (all-point interpolation, tied
+  one detection per image and class: of the prompt's R candidate boxes, the one with the
+  highest score, scored as the paper's detection inference scores a candidate
+  (EVALUATION.md §3.2 with both factors on): its weight times the probability of the
+  positive over the negative ("No ...") pathology prompt, sigmoid(cos(h, p) - cos(h, n))
+  of the candidate's feature h. (The hull of the present candidates, used for anatomy,
+  would merge a small nodule with the other candidates.) Measured: AP at IoU >= 0.5 (all-point interpolation, tied
   scores ranked as one block) averaged over the classes with a ground-truth box in the
   split. Baseline: per class the constant train box that hits (IoU >= 0.5) the most train
   boxes of the class, predicted in every image with one constant score, so ranking carries
@@ -63,6 +67,7 @@ from chexcli.data.names import anatomy_names
 from chexcli.data.transforms import EvalTransform
 from chexcli.metrics.boxes import as_boxes, box_iou_cxcywh, cxcywh_to_xyxy
 from chexcli.model.box_ops import hull_box
+from chexcli.model.classify import classify_features
 
 CIG = "cig_boxclssent"
 VINDR = "vindrcxr_boxes"
@@ -216,16 +221,19 @@ class ModelQueries:
     Every method takes a collated batch of ``ChexDataset`` samples (``x`` (N, 224, 224)).
     """
 
-    def __init__(self, model, max_new_tokens: int = MAX_NEW_TOKENS):
+    def __init__(self, model, max_new_tokens: int = MAX_NEW_TOKENS, scoring: str = "both"):
         from chexcli.train.prompts import anatomy_bank
 
         self.model = model.eval()
         self.max_new_tokens = max_new_tokens
+        if scoring not in ("both", "weights", "prompts"):
+            raise ValueError(f"scoring must be both, weights or prompts, not {scoring!r}")
+        self.scoring = scoring
         self.anatomy = anatomy_names("cig_default")
         self.anatomy_index = {n: k for k, n in enumerate(self.anatomy)}
         with torch.no_grad():
             self.anatomy_prompts = anatomy_bank(self.anatomy, model.prompts).embed(model, randomize=False)  # (A, d)
-        self._class_prompts: dict[tuple[str, ...], torch.Tensor] = {}
+        self._class_prompts: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _x(self, batch: dict) -> torch.Tensor:
         return batch["x"].to(self.model.device)
@@ -246,11 +254,24 @@ class ModelQueries:
 
         key = tuple(classes)
         if key not in self._class_prompts:
-            self._class_prompts[key] = pathology_banks(list(classes), self.model.prompts)[0].embed(
-                self.model, randomize=False)
-        out = self.model.detect_prompts(self._x(batch), self._class_prompts[key].to(self.model.device),
-                                        use_post_decoder=False, skip_roi_pool=True)
-        return prompt_boxes(out).cpu(), out.boxes_weights.cpu()
+            pos, neg = pathology_banks(list(classes), self.model.prompts)
+            self._class_prompts[key] = (pos.embed(self.model, randomize=False), neg.embed(self.model, randomize=False))
+        pos, neg = (t.to(self.model.device) for t in self._class_prompts[key])
+        out = self.model.detect_prompts(self._x(batch), pos, use_post_decoder=False, skip_roi_pool=True)
+        prob, _ = classify_features(out.multiboxes_features, pos[None, :, None], neg[None, :, None],
+                                    threshold=None)  # (N, C, R)
+        score = self.score(out.multiboxes_weights, prob)
+        best = score.argmax(dim=-1, keepdim=True)  # (N, C, 1) the best of the R candidate boxes
+        box = out.multiboxes.gather(2, best[..., None].expand(-1, -1, -1, 4)).squeeze(2)
+        return box.cpu(), score.gather(2, best).squeeze(2).cpu()
+
+    def score(self, weights: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+        """Detection score of the paper's OD inference: box weight x P(positive prompt)."""
+        if self.scoring == "weights":
+            return weights
+        if self.scoring == "prompts":
+            return prob
+        return weights * prob
 
     @torch.no_grad()
     def describe(self, batch: dict, regions: Sequence[Sequence[str]]) -> list[list[str]]:

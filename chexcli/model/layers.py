@@ -45,14 +45,16 @@ class MultiheadAttention(nn.Module):
     optional boolean `mask` that is True where attention is *allowed*,
     broadcastable to (N, heads, Lq, Lk). Rows without any allowed key attend to
     every key instead of producing NaN (such rows belong to padded tokens whose
-    outputs are discarded).
+    outputs are discarded). `dropout` is the attention-probability dropout, active in
+    training mode only (CLIP's encoders: 0; the detector and post decoder: 0.1).
     """
 
-    def __init__(self, d_model: int, n_head: int):
+    def __init__(self, d_model: int, n_head: int, dropout: float = 0.0):
         super().__init__()
         if d_model % n_head:
             raise ValueError(f"width {d_model} is not divisible by {n_head} heads")
         self.d_model, self.n_head = d_model, n_head
+        self.dropout = dropout
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
         self.out_proj = nn.Linear(d_model, d_model)
@@ -77,7 +79,8 @@ class MultiheadAttention(nn.Module):
         v = v.view(n, lk, h, d // h).transpose(1, 2)
         if mask is not None:
             mask = mask | ~mask.any(dim=-1, keepdim=True)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.out_proj(out.transpose(1, 2).reshape(n, lq, d))
 
 
@@ -156,10 +159,13 @@ class DropPath(nn.Module):
         return x * keep / (1.0 - self.p)
 
 
+ATTENTION_DROPOUT = 0.1  # attention-probability dropout of the detector and post-decoder blocks
+
+
 class _SelfAttention(nn.Module):
     def __init__(self, d: int, n_head: int, dropout: float):
         super().__init__()
-        self.sa = MultiheadAttention(d, n_head)
+        self.sa = MultiheadAttention(d, n_head, ATTENTION_DROPOUT)
         self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
@@ -169,7 +175,7 @@ class _SelfAttention(nn.Module):
 class _CrossAttention(nn.Module):
     def __init__(self, d: int, n_head: int, dropout: float):
         super().__init__()
-        self.mha = MultiheadAttention(d, n_head)
+        self.mha = MultiheadAttention(d, n_head, ATTENTION_DROPOUT)
         self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, memory: Tensor) -> Tensor:

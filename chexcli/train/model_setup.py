@@ -107,10 +107,10 @@ def _stage_of(model: ChEX) -> str | None:
     prov = getattr(model, "provenance", {}) or {}
     if "stage" in prov:
         return str(prov["stage"])
-    source = str(prov.get("source", "")).lower()
-    if "chexzero" in source:
+    kind = str(prov.get("kind", ""))
+    if kind == "chexzero-init":  # chex weights import-chexzero
         return "chexzero"
-    if "official" in source or "chex" in source:
+    if kind == "official-chex":  # chex weights import
         return "official"
     return None
 
@@ -314,7 +314,7 @@ def set_regularisation(model: ChEX, recipe: dict[str, Any]) -> None:
     from torch import nn
 
     from chexcli.model.gpt2 import _Attention
-    from chexcli.model.layers import DropPath
+    from chexcli.model.layers import DropPath, MultiheadAttention
 
     scale = float(recipe["model"].get("dropout_scale", 1.0))
     for module in model.modules():
@@ -322,7 +322,7 @@ def set_regularisation(model: ChEX, recipe: dict[str, Any]) -> None:
             if not hasattr(module, "_reference_p"):
                 module._reference_p = module.p
             module.p = module._reference_p * scale
-        elif isinstance(module, _Attention):
+        elif isinstance(module, (_Attention, MultiheadAttention)):
             if not hasattr(module, "_reference_dropout"):
                 module._reference_dropout = module.dropout
             module.dropout = module._reference_dropout * scale

@@ -413,7 +413,7 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
                                             provenance=_provenance(model, stage, step, {best_key: value}))
                         log.write({"kind": "val", "step": step, "epoch": epoch, "best_metric": best_key,
                                    "best": best, "time": time.time(), **results})
-                        model.train()
+                    model.train()  # validation switched to eval mode, with or without results
                 if step % ckpt_every == 0 and step < max_steps:
                     save("running")
                 if stop.raised:
