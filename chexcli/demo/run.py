@@ -41,17 +41,20 @@ class DemoPlan:
     workers: int = 1
     # recipe changes for a model trained from random weights on a small synthetic set
     # (see docs/demo.md): less dropout, larger learning rates, detection weighted up
-    common: tuple[str, ...] = ("model.dropout_scale=0", "run.log_every=10")
-    stage1: tuple[str, ...] = ("optim.lr=1e-3", "optim.warmup_steps=20", "loss.anatomy_detection=5.0",
-                               "loss.pathology_detection=5.0", "loss.global_contrastive=0.2")
+    common: tuple[str, ...] = ("model.dropout_scale=0", "run.log_every=10", "data.augmentation=none")
+    stage1: tuple[str, ...] = ("optim.lr=2e-3", "optim.warmup_steps=20", "loss.anatomy_detection=1.0",
+                               "loss.pathology_detection=10.0", "loss.global_contrastive=0",
+                               "loss.sentence_contrastive=0", "supervision.randomize_prompts=false",
+                               "supervision.pathology_box_subsample=22", "supervision.pathology_label_subsample=22")
     txtgen: tuple[str, ...] = ("optim.lr=2e-3", "optim.warmup_steps=10", "optim.accumulation_steps=1",
                                "txtgen.dropout=0.1", "txtgen.max_sentences=64")
-    stage2: tuple[str, ...] = ("optim.lr=1e-3", "optim.warmup_steps=10")
-    stage3: tuple[str, ...] = ("optim.lr=1e-3", "optim.warmup_steps=10", "optim.accumulation_steps=1")
+    stage2: tuple[str, ...] = ("optim.lr=1e-3", "optim.warmup_steps=10", "supervision.randomize_prompts=false")
+    stage3: tuple[str, ...] = ("optim.lr=1e-3", "optim.warmup_steps=10", "optim.accumulation_steps=1",
+                               "supervision.randomize_prompts=false")
 
 
-FULL = DemoPlan(images=4000, model_config="small", stage1_steps=400, txtgen_steps=150, stage2_steps=100,
-                stage3_steps=150)
+FULL = DemoPlan(images=4000, model_config="tiny", stage1_steps=1200, txtgen_steps=300, stage2_steps=150,
+                stage3_steps=400, stage3_batch_size=16)
 QUICK = DemoPlan(images=120, model_config="tiny", stage1_steps=3, txtgen_steps=3, stage2_steps=2, stage3_steps=2,
                  batch_size=8, stage3_batch_size=4, predict_images=2, eval_images=12, workers=0)
 
@@ -178,7 +181,7 @@ def _predict(bundle: Path, data: Path, out: Path, plan: DemoPlan, echo) -> list[
         echo(f"\n$ chex predict {path.name} " + " ".join(f'--prompt "{p}"' for p in prompts)
              + f" --box {int(x1)},{int(y1)},{int(x2)},{int(y2)}")
         run_predict([path], bundle, prompts, [(x1, y1, x2, y2)], out=out, name=row.dicom_id, json_out=False,
-                    device="cpu", batch_size=1, dtype="float32", box_format="xyxy", max_new_tokens=40)
+                    device="cpu", batch_size=1, dtype="float32", box_format="pixel", max_new_tokens=40)
         written += sorted((out / row.dicom_id).glob("*.png"))
     return written
 
