@@ -129,9 +129,7 @@ def build(stage: str, device: torch.device):
     objective = ChexObjective(model, LossWeights(**recipe["loss"]), SupervisionOptions(**recipe["supervision"]),
                               classes, anatomy_names("cig_default"), multi)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, recipe["optim"]["weight_decay"], device)
-    for group in optimizer.param_groups:
-        group["lr"] = 1e-5
+    optimizer = make_optimizer(params, recipe["optim"]["weight_decay"], device, lr=1e-5)
     return model, objective, optimizer, params
 
 
@@ -186,7 +184,8 @@ def run(stage: str, batch_size: int, device: torch.device, repeats: int, amp: bo
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     gflops = 32.0 if stage == "1" else stage3_flops_per_sample(batch, model) / batch_size
     out = {"stage": stage, "device": str(device), "batch": batch_size, "amp": str(dtype) if dtype else "fp32",
-           "step_s": round(step_s, 4), "step_s_min": round(min(times), 4), "samples_per_s": round(batch_size / step_s, 2),
+           "step_s": round(step_s, 4), "step_s_min": round(min(times), 4),
+           "samples_per_s": round(batch_size / step_s, 2),
            "peak_mem_gb": round(peak, 2), "gflops_per_sample": round(gflops, 1),
            "trainable_parameters": sum(p.numel() for p in params)}
     if stage == "1" and device.type == "cpu" and batch_size == 8:

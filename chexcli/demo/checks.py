@@ -17,8 +17,8 @@ Three checks, each measured on the test split of a synthetic processed folder
   (EVALUATION.md §3.2 with both factors on): its weight times the probability of the
   positive over the negative ("No ...") pathology prompt, sigmoid(cos(h, p) - cos(h, n))
   of the candidate's feature h. (The hull of the present candidates, used for anatomy,
-  would merge a small nodule with the other candidates.) Measured: AP at IoU >= 0.5 (all-point interpolation, tied
-  scores ranked as one block) averaged over the classes with a ground-truth box in the
+  would merge a small nodule with the other candidates.) Measured: AP at IoU >= 0.5
+  (all-point interpolation, tied scores ranked as one block) averaged over the classes with a ground-truth box in the
   split. Baseline: per class the constant train box that hits (IoU >= 0.5) the most train
   boxes of the class, predicted in every image with one constant score, so ranking carries
   no information. Passes when the AP is at least 0.15 above the baseline.
@@ -221,14 +221,11 @@ class ModelQueries:
     Every method takes a collated batch of ``ChexDataset`` samples (``x`` (N, 224, 224)).
     """
 
-    def __init__(self, model, max_new_tokens: int = MAX_NEW_TOKENS, scoring: str = "both"):
+    def __init__(self, model, max_new_tokens: int = MAX_NEW_TOKENS):
         from chexcli.train.prompts import anatomy_bank
 
         self.model = model.eval()
         self.max_new_tokens = max_new_tokens
-        if scoring not in ("both", "weights", "prompts"):
-            raise ValueError(f"scoring must be both, weights or prompts, not {scoring!r}")
-        self.scoring = scoring
         self.anatomy = anatomy_names("cig_default")
         self.anatomy_index = {n: k for k, n in enumerate(self.anatomy)}
         with torch.no_grad():
@@ -260,18 +257,10 @@ class ModelQueries:
         out = self.model.detect_prompts(self._x(batch), pos, use_post_decoder=False, skip_roi_pool=True)
         prob, _ = classify_features(out.multiboxes_features, pos[None, :, None], neg[None, :, None],
                                     threshold=None)  # (N, C, R)
-        score = self.score(out.multiboxes_weights, prob)
+        score = out.multiboxes_weights * prob  # the paper's OD score: weight x P(positive prompt)
         best = score.argmax(dim=-1, keepdim=True)  # (N, C, 1) the best of the R candidate boxes
         box = out.multiboxes.gather(2, best[..., None].expand(-1, -1, -1, 4)).squeeze(2)
         return box.cpu(), score.gather(2, best).squeeze(2).cpu()
-
-    def score(self, weights: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
-        """Detection score of the paper's OD inference: box weight x P(positive prompt)."""
-        if self.scoring == "weights":
-            return weights
-        if self.scoring == "prompts":
-            return prob
-        return weights * prob
 
     @torch.no_grad()
     def describe(self, batch: dict, regions: Sequence[Sequence[str]]) -> list[list[str]]:
