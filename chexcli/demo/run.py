@@ -8,9 +8,10 @@ Everything goes into one run folder (default runs/demo/demo, demo2, ...):
     predict/<image>/          `chex predict` on a few test images: annotated PNGs + predictions.jsonl
     summary.json, summary.txt the checks against the baselines, paths and next commands
 
-The full demo trains a `small` model for a few CPU minutes and fails (exit 1) unless it
+The full demo trains a `tiny` model for a few CPU minutes and fails (exit 1) unless it
 beats the trivial baselines (chexcli.demo.checks); `--quick` runs every step at toy scale
-and reports the checks without enforcing them.
+and reports the checks without enforcing them. docs/demo.md has the plan, the checks and
+the measured values.
 """
 
 from __future__ import annotations

@@ -1,0 +1,123 @@
+"""How fast can the demo's image encoder learn to see the synthetic findings?
+
+Trains the `tiny` ChEX image encoder (CLIP ViT from random weights, sine-cosine patch
+positions, as `chex train` builds it) with a linear head on its patch tokens (max over
+patches) to predict which finding kinds an image holds (binary cross-entropy), on the train
+split of a synthetic processed folder, and prints one JSON object per checkpoint with the
+test-split AUROC per finding kind:
+
+  updates        optimiser updates so far (batch --batch)
+  seconds        training time so far
+  auroc          {kind: AUROC of "the image holds this finding"} on the test split (0.5: chance)
+
+This is the upper bound of what stage 1 can learn about finding presence in the same number
+of updates (stage 1 shares its updates among anatomy, detection and classification losses),
+and a 30-second feedback loop for changes to the synthetic generator (docs/demo.md).
+
+Usage: python benchmarks/demo_learnability.py DATA_DIR [--updates 1000,2000,3000] [--batch 16]
+                                              [--lr 3e-4] [--patch 32] [--width 64] [--layers 2] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from chexcli.data.synthetic_draw import FINDING_KINDS
+from chexcli.data.transforms import PIXEL_MEAN, PIXEL_STD
+from chexcli.model.clip import VisionTransformer
+from chexcli.model.config import VisionConfig
+from chexcli.train.model_setup import sincos_positions
+
+
+def load_split(data: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 224, 224) normalised as for training, labels (N, K) of FINDING_KINDS."""
+    truth = pd.read_csv(f"{data}/synthetic.csv", keep_default_na=False)
+    truth = truth[truth["split"] == split]
+    cache = np.load(f"{data}/images_256.npy", mmap_mode="r")
+    index = pd.read_csv(f"{data}/images_256_index.csv", dtype={"sample_id": str}).set_index("sample_id")["index"]
+    x = torch.from_numpy(np.stack([cache[int(index[s])] for s in truth["sample_id"]])).float() / 255
+    x = F.interpolate(x[:, None], size=224, mode="bilinear", antialias=True)[:, 0]
+    x = (x - PIXEL_MEAN) / PIXEL_STD
+    kinds = [{f["kind"] for f in json.loads(cell)} for cell in truth["findings"]]
+    y = torch.tensor([[k in have for k in FINDING_KINDS] for have in kinds], dtype=torch.float32)
+    return x, y
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN with one class only."""
+    from scipy.stats import rankdata
+
+    pos = labels.astype(bool)
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+class Probe(torch.nn.Module):
+    def __init__(self, patch: int, width: int, layers: int):
+        super().__init__()
+        cfg = VisionConfig(image_size=224, patch_size=patch, width=width, layers=layers, heads=max(2, width // 32),
+                           output_dim=32)
+        self.vit = VisionTransformer(cfg)
+        with torch.no_grad():
+            self.vit.positional_embedding[0].zero_()
+            self.vit.positional_embedding[1:] = sincos_positions(cfg.grid, width)
+        self.head = torch.nn.Linear(cfg.output_dim, len(FINDING_KINDS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, 224, 224) -> logits (N, K): the head on every patch token, max over patches."""
+        tokens = self.vit(x[:, None].expand(-1, 3, -1, -1))  # (N, 1 + P, 32)
+        return self.head(tokens[:, 1:]).amax(dim=1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data")
+    ap.add_argument("--updates", default="1000,2000,3000")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--patch", type=int, default=32)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    checkpoints = sorted(int(u) for u in args.updates.split(","))
+    x_train, y_train = load_split(args.data, "train")
+    x_test, y_test = load_split(args.data, "test")
+    probe = Probe(args.patch, args.width, args.layers)
+    opt = torch.optim.AdamW(probe.parameters(), lr=args.lr, weight_decay=1e-4)
+    seconds, done = 0.0, 0
+    for target in checkpoints:
+        probe.train()
+        start = time.perf_counter()
+        for _ in range(target - done):
+            i = torch.randint(0, len(x_train), (args.batch,))
+            loss = F.binary_cross_entropy_with_logits(probe(x_train[i]), y_train[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        seconds += time.perf_counter() - start
+        done = target
+        probe.eval()
+        with torch.no_grad():
+            scores = torch.cat([probe(x_test[k:k + 64]) for k in range(0, len(x_test), 64)]).numpy()
+        result = {"updates": done, "seconds": round(seconds, 1), "batch": args.batch, "lr": args.lr,
+                  "auroc": {k: round(auroc(y_test[:, j].numpy(), scores[:, j]), 3)
+                            for j, k in enumerate(FINDING_KINDS)}}
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
