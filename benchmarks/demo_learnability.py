@@ -24,42 +24,34 @@ import argparse
 import json
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from chexcli.data.cache import open_cache
 from chexcli.data.synthetic_draw import FINDING_KINDS
-from chexcli.data.transforms import PIXEL_MEAN, PIXEL_STD
+from chexcli.data.transforms import EvalTransform, Targets
+from chexcli.metrics.classification import binary_auroc
 from chexcli.model.clip import VisionTransformer
 from chexcli.model.config import VisionConfig
-from chexcli.train.model_setup import sincos_positions
+from chexcli.train.model_setup import init_positions
 
 
 def load_split(data: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 224, 224) normalised as for training, labels (N, K) of FINDING_KINDS."""
-    truth = pd.read_csv(f"{data}/synthetic.csv", keep_default_na=False)
+    """Images (N, 224, 224) from the image cache through the evaluation transform, labels (N, K)
+    of FINDING_KINDS."""
+    truth = pd.read_csv(Path(data) / "synthetic.csv", keep_default_na=False)
     truth = truth[truth["split"] == split]
-    cache = np.load(f"{data}/images_256.npy", mmap_mode="r")
-    index = pd.read_csv(f"{data}/images_256_index.csv", dtype={"sample_id": str}).set_index("sample_id")["index"]
-    x = torch.from_numpy(np.stack([cache[int(index[s])] for s in truth["sample_id"]])).float() / 255
-    x = F.interpolate(x[:, None], size=224, mode="bilinear", antialias=True)[:, 0]
-    x = (x - PIXEL_MEAN) / PIXEL_STD
+    cache, index = open_cache(Path(data))
+    transform = EvalTransform()
+    x = torch.stack([transform(np.asarray(cache[index[s]], dtype=np.float32) / 255.0, Targets())[0]
+                     for s in truth["sample_id"]])
     kinds = [{f["kind"] for f in json.loads(cell)} for cell in truth["findings"]]
     y = torch.tensor([[k in have for k in FINDING_KINDS] for have in kinds], dtype=torch.float32)
     return x, y
-
-
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN with one class only."""
-    from scipy.stats import rankdata
-
-    pos = labels.astype(bool)
-    n1, n0 = int(pos.sum()), int((~pos).sum())
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 class Probe(torch.nn.Module):
@@ -68,9 +60,7 @@ class Probe(torch.nn.Module):
         cfg = VisionConfig(image_size=224, patch_size=patch, width=width, layers=layers, heads=max(2, width // 32),
                            output_dim=32)
         self.vit = VisionTransformer(cfg)
-        with torch.no_grad():
-            self.vit.positional_embedding[0].zero_()
-            self.vit.positional_embedding[1:] = sincos_positions(cfg.grid, width)
+        init_positions(self.vit)
         self.head = torch.nn.Linear(cfg.output_dim, len(FINDING_KINDS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +104,7 @@ def main() -> None:
         with torch.no_grad():
             scores = torch.cat([probe(x_test[k:k + 64]) for k in range(0, len(x_test), 64)]).numpy()
         result = {"updates": done, "seconds": round(seconds, 1), "batch": args.batch, "lr": args.lr,
-                  "auroc": {k: round(auroc(y_test[:, j].numpy(), scores[:, j]), 3)
+                  "auroc": {k: round(binary_auroc(scores[:, j], y_test[:, j].numpy()), 3)
                             for j, k in enumerate(FINDING_KINDS)}}
         print(json.dumps(result), flush=True)
 

@@ -163,20 +163,20 @@ def _predict(bundle: Path, data: Path, out: Path, plan: DemoPlan, echo) -> list[
     import pandas as pd
     from PIL import Image
 
+    from chexcli.data.cache import open_cache
     from chexcli.predict_run import run_predict
 
     truth = pd.read_csv(data / "synthetic.csv", keep_default_na=False)
     test = truth[truth["split"] == "test"]
     abnormal = test[test["findings"] != "[]"]
     rows = list(abnormal.head(plan.predict_images).itertuples())
-    cache = np.load(data / "images_256.npy", mmap_mode="r")
-    index = pd.read_csv(data / "images_256_index.csv", dtype={"sample_id": str}).set_index("sample_id")["index"]
+    cache, index = open_cache(data)
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for row in rows:
         path = images_dir / f"{row.dicom_id}.png"
-        Image.fromarray(np.asarray(cache[int(index[row.sample_id])])).save(path)
+        Image.fromarray(np.asarray(cache[index[row.sample_id]])).save(path)
         findings = json.loads(row.findings)
         prompts = ["cardiac silhouette"] + [f["regions"][0] for f in findings[:2]]
         x1, y1, x2, y2 = findings[0]["box"]

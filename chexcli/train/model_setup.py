@@ -241,7 +241,7 @@ def _random_model(stage: str, model_config: str, corpus: Callable[[], list[str]]
     eos = gpt2.convert_tokens_to_ids("<|endoftext|>")
     arch = preset_config(model_config, clip.vocab_size, len(gpt2), eos)
     model = ChEX(_stage_config(arch, stage), clip, prompts=prompts)
-    init_positions(model)
+    init_positions(model.img_encoder.backbone)
     attach_gpt2_tokenizer(model, gpt2)
     model.provenance = {"architecture": arch.to_dict()}
     return model
@@ -264,14 +264,14 @@ def sincos_positions(grid: int, width: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_positions(model: ChEX) -> None:
-    """Random-weight models: give the image tower sine-cosine patch positions of unit scale.
+def init_positions(backbone) -> None:
+    """Random-weight models: give the image tower (a `VisionTransformer`) sine-cosine patch
+    positions of unit scale.
 
     CLIP's random init (std width^-0.5) makes positions ~15x weaker than the patch content, so a
     detector trained from scratch barely knows where a patch is (CheXzero's trained positions
     do not have this problem). Only models built from random weights are changed.
     """
-    backbone = model.img_encoder.backbone
     grid, width = backbone.cfg.grid, backbone.cfg.width
     backbone.positional_embedding[0].zero_()
     backbone.positional_embedding[1:] = sincos_positions(grid, width)
