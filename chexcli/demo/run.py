@@ -51,12 +51,15 @@ class DemoPlan:
     txtgen: tuple[str, ...] = ("optim.lr=2e-3", "optim.warmup_steps=10", "optim.accumulation_steps=1",
                                "txtgen.dropout=0.1", "txtgen.max_sentences=64")
     stage2: tuple[str, ...] = ("optim.lr=1e-3", "optim.warmup_steps=10", "supervision.randomize_prompts=false")
-    stage3: tuple[str, ...] = ("optim.lr=1e-3", "optim.warmup_steps=10", "optim.accumulation_steps=1",
-                               "supervision.randomize_prompts=false")
+    stage3: tuple[str, ...] = ("optim.lr=3e-3", "optim.warmup_steps=10", "optim.accumulation_steps=1",
+                               "supervision.randomize_prompts=false", "supervision.anatomy_region_mode=token",
+                               "model.skip_roi_pool_prob=1.0", "loss.sentence_generation=0",
+                               "loss.anatomy_mse=0", "loss.sentence_mse=0",
+                               "supervision.generation_sampling=balanced", "supervision.max_generated_sentences=256")
 
 
 FULL = DemoPlan(images=4000, model_config="tiny", stage1_steps=1200, txtgen_steps=300, stage2_steps=150,
-                stage3_steps=400, stage3_batch_size=16)
+                stage3_steps=800, stage3_batch_size=16)
 QUICK = DemoPlan(images=120, model_config="tiny", stage1_steps=3, txtgen_steps=3, stage2_steps=2, stage3_steps=2,
                  batch_size=8, stage3_batch_size=4, predict_images=2, eval_images=12, workers=0)
 

@@ -134,6 +134,7 @@ class ClipTokenizer:
         self.eot_token_id = len(tokens) - 1
         self._special = {SOT_TOKEN: self.sot_token_id, EOT_TOKEN: self.eot_token_id}
         self._cache: dict[str, list[str]] = {}
+        self._text_ids: dict[str, list[int]] = {}  # text -> encode(text); training re-tokenises the same prompts
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -294,8 +295,14 @@ class ClipTokenizer:
         """Token ids of ``text`` without SOT/EOT."""
         if not isinstance(text, str):
             raise ChexError(f"CLIP tokenizer expects text, got {type(text).__name__}")
-        enc = self.encoder
-        return [enc[t] for t in self.tokenize(text)]
+        ids = self._text_ids.get(text)
+        if ids is None:
+            enc = self.encoder
+            ids = [enc[t] for t in self.tokenize(text)]
+            if len(self._text_ids) >= _CACHE_LIMIT:
+                self._text_ids.clear()
+            self._text_ids[text] = ids
+        return list(ids)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids`` (SOT/EOT dropped; word ends become spaces)."""
@@ -325,8 +332,8 @@ class ClipTokenizer:
         n = self.context_length if context_length is None else int(context_length)
         if n < 2:
             raise ChexError(f"CLIP context length must be at least 2, got {n}")
-        result = torch.zeros((len(texts), n), dtype=torch.long)
-        for row, text in enumerate(texts):
+        rows: list[list[int]] = []
+        for text in texts:
             ids = [self.sot_token_id] + self.encode(text) + [self.eot_token_id]
             if len(ids) > n:
                 logger.warning(
@@ -334,8 +341,8 @@ class ClipTokenizer:
                 )
                 ids = ids[:n]
                 ids[-1] = self.eot_token_id
-            result[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return result
+            rows.append(ids + [0] * (n - len(ids)))
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), n)
 
 
 def _merge_pair(symbols: Sequence[str], pair: tuple[str, str]) -> tuple[str, ...]:

@@ -33,24 +33,43 @@ def encode_targets(tokenizer, texts: list[str], bos_id: int, eos_id: int, pad_id
     return ids, mask
 
 
-def subsample_rows(m: int, limit: int, device) -> Tensor:
-    """Indices of at most `limit` of m rows, drawn uniformly without replacement (torch RNG)."""
+SAMPLING_MODES = ("uniform", "balanced")
+
+
+def subsample_rows(m: int, limit: int, device, texts: list[str] | None = None, mode: str = "uniform") -> Tensor:
+    """Indices of at most `limit` of m rows, drawn without replacement (torch RNG).
+
+    ``uniform`` (the reference): every row equally likely. ``balanced``: every distinct text
+    of ``texts`` gets the same total probability (row weight 1 / count of its text), so a
+    rare target sentence ("There is a nodule in the left upper lung zone.") is drawn as often
+    as one that a third of the regions share ("The lungs are clear.").
+    """
     if m <= limit:
         return torch.arange(m, device=device)
-    return torch.multinomial(torch.ones(m), limit, replacement=False).sort().values.to(device)
+    weights = torch.ones(m)
+    if mode == "balanced" and texts is not None:
+        counts: dict[str, int] = {}
+        for t in texts:
+            counts[t] = counts.get(t, 0) + 1
+        weights = torch.tensor([1.0 / counts[t] for t in texts])
+    elif mode not in SAMPLING_MODES:
+        raise ValueError(f"generation sampling must be one of {', '.join(SAMPLING_MODES)} (got {mode!r})")
+    return torch.multinomial(weights, limit, replacement=False).sort().values.to(device)
 
 
 def sentence_generation_loss(model, features: Tensor, texts: list[str], max_sentences: int = 32,
-                             include_padding: bool = False, keep_end_token: bool = True) -> Tensor:
+                             include_padding: bool = False, keep_end_token: bool = True,
+                             sampling: str = "uniform") -> Tensor:
     """features (M, d) region features, texts (M) targets -> mean token cross-entropy.
 
-    At most `max_sentences` random rows are decoded (the reference's cap per call).
+    At most `max_sentences` random rows are decoded (the reference's cap per call), drawn as
+    `subsample_rows` does with ``sampling``.
     """
     if features.shape[0] == 0:
         return features.sum() * 0.0
     gen = model.txt_decoder
     cfg = gen.cfg
-    keep = subsample_rows(features.shape[0], max_sentences, features.device)
+    keep = subsample_rows(features.shape[0], max_sentences, features.device, texts, sampling)
     chosen = [texts[i] for i in keep.tolist()]
     ids, mask = encode_targets(model.gpt2_tokenizer, chosen, cfg.bos_token_id, cfg.eos_token_id,
                                cfg.pad_token_id, cfg.max_length, keep_end_token)

@@ -309,8 +309,11 @@ def apply_freezing(model: ChEX, recipe: dict[str, Any]) -> list[str]:
 
 def set_regularisation(model: ChEX, recipe: dict[str, Any]) -> None:
     """Training-time stochasticity from the recipe: `model.dropout_scale` multiplies every dropout
-    and drop-path rate (1.0: the reference's rates; the demo trains small models with less), and
-    `model.post_decoder_multibox_drop` sets the post decoder's multibox-token dropping."""
+    and drop-path rate (1.0: the reference's rates; the demo trains small models with less),
+    `model.post_decoder_multibox_drop` sets the post decoder's multibox-token dropping, and
+    `model.skip_roi_pool_prob` the detector's random skip connection in training (the share of
+    region tokens that mix the decoder token into the pooled feature, as inference always does;
+    ARCHITECTURE.md §5.5)."""
     from torch import nn
 
     from chexcli.model.gpt2 import _Attention
@@ -328,6 +331,8 @@ def set_regularisation(model: ChEX, recipe: dict[str, Any]) -> None:
             module.dropout = module._reference_dropout * scale
     if model.post_decoder is not None:
         model.post_decoder.drop_prob = float(recipe["model"].get("post_decoder_multibox_drop", 0.1))
+    if model.detector is not None:
+        model.detector.skip_roi_pool_prob = float(recipe["model"].get("skip_roi_pool_prob", 0.25))
 
 
 # ------------------------------------------------------------------------------------------ run folder

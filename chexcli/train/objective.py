@@ -40,6 +40,9 @@ class ChexObjective(nn.Module):
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
         w, opt = self.weights, self.options
+        for bank in (self.anatomy, self.multi, self.pos, self.neg):
+            if bank is not None:
+                bank.new_step()
         x = batch["x"].to(self.model.device, non_blocking=True)
         enc = self.model.encode_image(x)
         total = enc.patch_features.sum() * 0.0

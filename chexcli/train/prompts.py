@@ -35,22 +35,34 @@ class PromptBank:
             if not found:
                 found = [("No " + _fallback(name).lower()) if negate else _fallback(name)]
             self.prompts.append(expand_templates(list(found), placeholders))
+        self._memo: Tensor | None = None  # synonym means of the current training step (see `new_step`)
+
+    def new_step(self) -> None:
+        """Forget the embeddings of the previous step (the text tower may have changed since)."""
+        self._memo = None
 
     def all_strings(self) -> list[str]:
         return [p for prompts in self.prompts for p in prompts]
 
     def embed(self, model, randomize: bool) -> Tensor:
-        """(C, d) prompt embeddings: one random synonym per name, or the synonym mean."""
+        """(C, d) prompt embeddings: one random synonym per name, or the synonym mean.
+
+        The synonym mean is computed once per step (`new_step`): the anatomy and pathology
+        supervisors both embed the pathology prompts.
+        """
         if randomize:
             picks = [prompts[int(torch.randint(len(prompts), ()))] for prompts in self.prompts]
             return model.encode_sentences(picks)
+        if self._memo is not None:
+            return self._memo
         flat = self.all_strings()
         emb = model.encode_sentences(flat)
         out, start = [], 0
         for prompts in self.prompts:
             out.append(emb[start:start + len(prompts)].mean(dim=0))
             start += len(prompts)
-        return torch.stack(out)
+        self._memo = torch.stack(out)
+        return self._memo
 
 
 def pathology_banks(class_names: list[str], prompts: dict) -> tuple[PromptBank, PromptBank]:

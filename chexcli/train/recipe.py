@@ -149,3 +149,9 @@ def check_recipe(recipe: dict[str, Any]) -> None:
     mode = recipe.get("supervision", {}).get("anatomy_region_mode", "token")
     if mode not in ("token", "bbox", "random"):
         raise ChexError(f"recipe supervision.anatomy_region_mode must be token, bbox or random, got {mode!r}")
+    skip = recipe.get("model", {}).get("skip_roi_pool_prob", 0.25)
+    if not isinstance(skip, (int, float)) or isinstance(skip, bool) or not 0 <= skip <= 1:
+        raise ChexError(f"recipe model.skip_roi_pool_prob must be a number in [0, 1], got {skip!r}")
+    sampling = recipe.get("supervision", {}).get("generation_sampling", "uniform")
+    if sampling not in ("uniform", "balanced"):
+        raise ChexError(f"recipe supervision.generation_sampling must be uniform or balanced, got {sampling!r}")

@@ -58,6 +58,7 @@ class SupervisionOptions:
     max_generated_sentences: int = 32
     generation_include_padding: bool = False
     generation_keep_end_token: bool = True
+    generation_sampling: str = "uniform"  # uniform (reference) | balanced (each distinct target text equally)
 
 
 def _zero(ref: Tensor) -> Tensor:
@@ -120,7 +121,8 @@ def sentence_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, 
         total = total + w.sentence_mse * loss
     if w.sentence_generation:
         loss = sentence_generation_loss(model, regions[mask], flat, opt.max_generated_sentences,
-                                        opt.generation_include_padding, opt.generation_keep_end_token)
+                                        opt.generation_include_padding, opt.generation_keep_end_token,
+                                        opt.generation_sampling)
         metrics["l_sent/sent_gen"] = float(loss.detach())
         total = total + w.sentence_generation * loss
     metrics["l_sent/total_sent"] = float(total.detach())
@@ -260,7 +262,8 @@ def anatomy_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, o
             texts = [" ".join(phrases[r][c]) for r, row in zip(rows.tolist(), gen_mask.tolist())
                      for c, ok in zip(sel_list, row) if ok]
             loss = sentence_generation_loss(model, f[gen_mask], texts, opt.max_generated_sentences,
-                                            opt.generation_include_padding, opt.generation_keep_end_token)
+                                            opt.generation_include_padding, opt.generation_keep_end_token,
+                                            opt.generation_sampling)
             metrics["l_anat/anat_gen"] = float(loss.detach())
             total = total + w.anatomy_generation * loss
     return total, metrics

@@ -235,6 +235,8 @@ def test_trained_bundle_predicts_with_chex_predict(chain, synth, tmp_path, capsy
     (["--stage", "2", "--data", "{synth}", "--init", "{missing}"], "is not a bundle folder"),
     (["--stage", "1", "--data", "{synth}", "--set", "data.train=[nih8_boxes]"], "nih8_boxes"),
     (["--stage", "1", "--data", "{synth}", "--name", "../x"], "plain folder name"),
+    (["--stage", "1", "--data", "{synth}", "--set", "supervision.generation_sampling=rare"], "uniform or balanced"),
+    (["--stage", "1", "--data", "{synth}", "--set", "model.skip_roi_pool_prob=1.5"], "in [0, 1]"),
     (["--resume", "{empty}"], "not a chex train run folder"),
 ])
 def test_bad_training_inputs_fail_with_one_line(args, message, chain, synth, tmp_path, capsys, monkeypatch):
