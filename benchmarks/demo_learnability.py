@@ -1,21 +1,28 @@
 """How fast can the demo's image encoder learn to see the synthetic findings?
 
 Trains the `tiny` ChEX image encoder (CLIP ViT from random weights, sine-cosine patch
-positions, as `chex train` builds it) with a linear head on its patch tokens (max over
-patches) to predict which finding kinds an image holds (binary cross-entropy), on the train
-split of a synthetic processed folder, and prints one JSON object per checkpoint with the
-test-split AUROC per finding kind:
+positions, as `chex train` builds it) with a linear head to predict which finding kinds an
+image holds (binary cross-entropy), on the train split of a synthetic processed folder, and
+prints one JSON object per checkpoint with the test-split AUROC per finding kind:
 
   updates        optimiser updates so far (batch --batch)
   seconds        training time so far
   auroc          {kind: AUROC of "the image holds this finding"} on the test split (0.5: chance)
 
-This is the upper bound of what stage 1 can learn about finding presence in the same number
-of updates (stage 1 shares its updates among anatomy, detection and classification losses),
-and a 30-second feedback loop for changes to the synthetic generator (docs/demo.md).
+Heads (--head): `flat`, one linear layer on all patch tokens (it knows where each token is,
+as the detector's queries do); `max`, one linear layer per token, max over the tokens (where
+does not matter). `--encoder cnn` swaps the ViT for a reference CNN (five stride-2 3x3
+convolutions with batch norm, 16-64 channels, then the flat head): what an encoder with a
+convolutional bias learns from the same images in the same updates.
+
+The ViT with the flat head is the upper bound of what stage 1 can learn about finding
+presence in the same number of updates (stage 1 shares its updates among anatomy, detection
+and classification losses), and a one-minute feedback loop for changes to the synthetic
+generator (docs/demo.md).
 
 Usage: python benchmarks/demo_learnability.py DATA_DIR [--updates 1000,2000,3000] [--batch 16]
-                                              [--lr 3e-4] [--patch 32] [--width 64] [--layers 2] [--threads 2]
+           [--lr 1e-3] [--head flat|max] [--encoder vit|cnn] [--patch 32] [--width 64] [--layers 2]
+           [--threads 2]
 """
 
 from __future__ import annotations
@@ -55,18 +62,35 @@ def load_split(data: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Probe(torch.nn.Module):
-    def __init__(self, patch: int, width: int, layers: int):
+    """An image encoder from random weights and a linear head: images (N, 224, 224) -> logits (N, K)."""
+
+    def __init__(self, encoder: str, head: str, patch: int, width: int, layers: int):
         super().__init__()
-        cfg = VisionConfig(image_size=224, patch_size=patch, width=width, layers=layers, heads=max(2, width // 32),
-                           output_dim=32)
-        self.vit = VisionTransformer(cfg)
-        init_positions(self.vit)
-        self.head = torch.nn.Linear(cfg.output_dim, len(FINDING_KINDS))
+        k = len(FINDING_KINDS)
+        self.encoder, self.head_kind = encoder, head
+        if encoder == "vit":
+            cfg = VisionConfig(image_size=224, patch_size=patch, width=width, layers=layers,
+                               heads=max(2, width // 32), output_dim=32)
+            self.vit = VisionTransformer(cfg)
+            init_positions(self.vit)
+            tokens, dim = (224 // patch) ** 2, cfg.output_dim
+        else:
+            channels = [1, 16, 32, 64, 64, 64]
+            self.cnn = torch.nn.Sequential(*[
+                torch.nn.Sequential(torch.nn.Conv2d(a, b, 3, 2, 1), torch.nn.BatchNorm2d(b), torch.nn.ReLU())
+                for a, b in zip(channels, channels[1:])])
+            tokens, dim = 7 * 7, channels[-1]
+        self.head = torch.nn.Linear(tokens * dim if head == "flat" else dim, k)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 224, 224) -> (N, P, D) patch tokens (ViT) or feature-map cells (CNN)."""
+        if self.encoder == "vit":
+            return self.vit(x[:, None].expand(-1, 3, -1, -1))[:, 1:]
+        return self.cnn(x[:, None]).flatten(2).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, 224, 224) -> logits (N, K): the head on every patch token, max over patches."""
-        tokens = self.vit(x[:, None].expand(-1, 3, -1, -1))  # (N, 1 + P, 32)
-        return self.head(tokens[:, 1:]).amax(dim=1)
+        t = self.tokens(x)
+        return self.head(t.flatten(1)) if self.head_kind == "flat" else self.head(t).amax(dim=1)
 
 
 def main() -> None:
@@ -74,7 +98,9 @@ def main() -> None:
     ap.add_argument("data")
     ap.add_argument("--updates", default="1000,2000,3000")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--head", choices=("flat", "max"), default="flat")
+    ap.add_argument("--encoder", choices=("vit", "cnn"), default="vit")
     ap.add_argument("--patch", type=int, default=32)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
@@ -86,7 +112,7 @@ def main() -> None:
     checkpoints = sorted(int(u) for u in args.updates.split(","))
     x_train, y_train = load_split(args.data, "train")
     x_test, y_test = load_split(args.data, "test")
-    probe = Probe(args.patch, args.width, args.layers)
+    probe = Probe(args.encoder, args.head, args.patch, args.width, args.layers)
     opt = torch.optim.AdamW(probe.parameters(), lr=args.lr, weight_decay=1e-4)
     seconds, done = 0.0, 0
     for target in checkpoints:
@@ -103,7 +129,8 @@ def main() -> None:
         probe.eval()
         with torch.no_grad():
             scores = torch.cat([probe(x_test[k:k + 64]) for k in range(0, len(x_test), 64)]).numpy()
-        result = {"updates": done, "seconds": round(seconds, 1), "batch": args.batch, "lr": args.lr,
+        result = {"encoder": args.encoder, "head": args.head, "updates": done, "seconds": round(seconds, 1),
+                  "batch": args.batch, "lr": args.lr,
                   "auroc": {k: round(binary_auroc(scores[:, j], y_test[:, j].numpy()), 3)
                             for j, k in enumerate(FINDING_KINDS)}}
         print(json.dumps(result), flush=True)

@@ -1,6 +1,6 @@
 """`chex demo`: the quick run end to end through the CLI, and its input errors.
 
-The full demo (about 7.5 minutes on 2 CPU cores) is marked slow and skipped by default
+The full demo (about 8 minutes on 2 CPU cores) is marked slow and skipped by default
 (`pytest -m slow` runs it): its detection and sentence checks do not pass yet.
 """
 
