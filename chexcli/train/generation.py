@@ -8,10 +8,13 @@ text longer than `max_length` is cut so that it keeps its end token.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import Tensor
 
 from chexcli.train.losses import generation_loss
+from chexcli.train.recipe import SAMPLING_MODES
 
 
 def encode_targets(tokenizer, texts: list[str], bos_id: int, eos_id: int, pad_id: int, max_length: int = 128,
@@ -33,9 +36,6 @@ def encode_targets(tokenizer, texts: list[str], bos_id: int, eos_id: int, pad_id
     return ids, mask
 
 
-SAMPLING_MODES = ("uniform", "balanced")
-
-
 def subsample_rows(m: int, limit: int, device, texts: list[str] | None = None, mode: str = "uniform") -> Tensor:
     """Indices of at most `limit` of m rows, drawn without replacement (torch RNG).
 
@@ -44,16 +44,16 @@ def subsample_rows(m: int, limit: int, device, texts: list[str] | None = None, m
     rare target sentence ("There is a nodule in the left upper lung zone.") is drawn as often
     as one that a third of the regions share ("The lungs are clear.").
     """
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"generation sampling must be one of {', '.join(SAMPLING_MODES)} (got {mode!r})")
+    if mode == "balanced" and texts is None:
+        raise ValueError("balanced generation sampling needs the target texts")
     if m <= limit:
         return torch.arange(m, device=device)
     weights = torch.ones(m)
-    if mode == "balanced" and texts is not None:
-        counts: dict[str, int] = {}
-        for t in texts:
-            counts[t] = counts.get(t, 0) + 1
+    if mode == "balanced":
+        counts = Counter(texts)
         weights = torch.tensor([1.0 / counts[t] for t in texts])
-    elif mode not in SAMPLING_MODES:
-        raise ValueError(f"generation sampling must be one of {', '.join(SAMPLING_MODES)} (got {mode!r})")
     return torch.multinomial(weights, limit, replacement=False).sort().values.to(device)
 
 

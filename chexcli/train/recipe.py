@@ -18,6 +18,8 @@ import yaml
 
 from chexcli.errors import ChexError
 
+SAMPLING_MODES = ("uniform", "balanced")  # supervision.generation_sampling (chexcli.train.generation)
+
 STAGES = ("1", "2", "txtgen", "3")
 
 
@@ -153,5 +155,6 @@ def check_recipe(recipe: dict[str, Any]) -> None:
     if not isinstance(skip, (int, float)) or isinstance(skip, bool) or not 0 <= skip <= 1:
         raise ChexError(f"recipe model.skip_roi_pool_prob must be a number in [0, 1], got {skip!r}")
     sampling = recipe.get("supervision", {}).get("generation_sampling", "uniform")
-    if sampling not in ("uniform", "balanced"):
-        raise ChexError(f"recipe supervision.generation_sampling must be uniform or balanced, got {sampling!r}")
+    if sampling not in SAMPLING_MODES:
+        raise ChexError(f"recipe supervision.generation_sampling must be {' or '.join(SAMPLING_MODES)}, "
+                        f"got {sampling!r}")

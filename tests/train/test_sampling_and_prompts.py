@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from chexcli.model.clip_tokenizer import ClipTokenizer
@@ -28,12 +29,12 @@ def test_uniform_sampling_follows_the_rows_and_balanced_the_distinct_texts():
 
 
 def test_unknown_sampling_mode_is_refused():
-    try:
+    with pytest.raises(ValueError, match="uniform, balanced"):
         subsample_rows(5, 2, "cpu", ["a"] * 5, "rare")
-    except ValueError as err:
-        assert "uniform, balanced" in str(err)
-    else:  # pragma: no cover
-        raise AssertionError("no error")
+    with pytest.raises(ValueError, match="uniform, balanced"):  # also when every row would be kept
+        subsample_rows(2, 5, "cpu", ["a"] * 2, "rare")
+    with pytest.raises(ValueError, match="needs the target texts"):
+        subsample_rows(5, 2, "cpu", None, "balanced")
 
 
 class _CountingModel:
