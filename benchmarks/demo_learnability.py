@@ -61,6 +61,18 @@ def load_split(data: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def reference_cnn(out_channels: int | None = None) -> torch.nn.Sequential:
+    """(N, 1, 224, 224) -> (N, C, 7, 7): five stride-2 3x3 convolutions with batch norm and ReLU
+    (16, 32, 64, 64, 64 channels), then a 1x1 projection to `out_channels` if given (C = 64 without)."""
+    channels = [1, 16, 32, 64, 64, 64]
+    layers: list[torch.nn.Module] = [
+        torch.nn.Sequential(torch.nn.Conv2d(a, b, 3, 2, 1), torch.nn.BatchNorm2d(b), torch.nn.ReLU())
+        for a, b in zip(channels, channels[1:])]
+    if out_channels is not None:
+        layers.append(torch.nn.Conv2d(channels[-1], out_channels, 1))
+    return torch.nn.Sequential(*layers)
+
+
 class Probe(torch.nn.Module):
     """An image encoder from random weights and a linear head: images (N, 224, 224) -> logits (N, K)."""
 
@@ -75,11 +87,8 @@ class Probe(torch.nn.Module):
             init_positions(self.vit)
             tokens, dim = (224 // patch) ** 2, cfg.output_dim
         else:
-            channels = [1, 16, 32, 64, 64, 64]
-            self.cnn = torch.nn.Sequential(*[
-                torch.nn.Sequential(torch.nn.Conv2d(a, b, 3, 2, 1), torch.nn.BatchNorm2d(b), torch.nn.ReLU())
-                for a, b in zip(channels, channels[1:])])
-            tokens, dim = 7 * 7, channels[-1]
+            self.cnn = reference_cnn()
+            tokens, dim = 7 * 7, 64
         self.head = torch.nn.Linear(tokens * dim if head == "flat" else dim, k)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,11 @@ VinDr-style table of a synthetic processed folder, and prints one JSON object pe
 checkpoint (`updates`, training `seconds`, `pretrain_seconds`, the last batch's `loss`, the
 options) with the test-split AUROC per finding class of:
 
-  prompt   the paper's presence score of the aggregated query feature: cosine with the
-           positive prompt minus cosine with the "No X" prompt (what `chex evaluate` and the
-           demo's checks rank by)
-  od       the paper's detection score: max over the R candidates of weight x P(positive)
+  prompt   the paper's presence probability of the aggregated query feature,
+           P(positive) = sigmoid(cosine with the positive prompt - cosine with the "No X"
+           prompt) (chexcli.model.classify.classify_features)
+  od       the paper's detection score, as the demo's detection check computes it: max over
+           the R candidates of weight x P(positive)
   linear   a linear head on the aggregated query feature (only with --objective linear)
 
 Options:
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -50,11 +50,14 @@ from torch import nn
 
 from chexcli.data.dataset import ChexDataset, collate
 from chexcli.metrics.classification import binary_auroc
+from chexcli.model.classify import classify_features
 from chexcli.model.detector import ImageEncoding
 from chexcli.train.data_setup import text_corpus
 from chexcli.train.model_setup import build_model
 from chexcli.train.prompts import pathology_banks
+from chexcli.train.schedule import CosineWarmupSchedule
 from chexcli.train.supervisors import LossWeights, SupervisionOptions, pathology_supervisor
+from demo_learnability import reference_cnn  # benchmarks/ is the script's folder, so on sys.path
 
 TABLE = "vindrcxr_boxes"
 
@@ -66,9 +69,7 @@ class CnnImageEncoder(nn.Module):
 
     def __init__(self, d_model: int, positions: torch.Tensor):
         super().__init__()
-        channels = [1, 16, 32, 64, 64, 64]
-        self.cnn = nn.Sequential(*[nn.Sequential(nn.Conv2d(a, b, 3, 2, 1), nn.BatchNorm2d(b), nn.ReLU())
-                                   for a, b in zip(channels, channels[1:])], nn.Conv2d(64, d_model, 1))
+        self.cnn = reference_cnn(d_model)
         self.register_buffer("positions", positions.detach().reshape(1, 7, 7, d_model).clone())
 
     def forward(self, x: torch.Tensor) -> ImageEncoding:
@@ -78,9 +79,10 @@ class CnnImageEncoder(nn.Module):
         return ImageEncoding(patches, pos, patches.mean(dim=(1, 2)))
 
 
-def load(data: str, split: str, limit: int | None = None) -> list[dict]:
+def load(data: str, split: str, limit: int | None = None) -> tuple[list[dict], list[str]]:
+    """The first `limit` samples of a split (eval transform) and the table's class names."""
     ds = ChexDataset(data, TABLE, split=split, transform="eval")
-    return [ds[i] for i in range(len(ds) if limit is None else min(limit, len(ds)))]
+    return [ds[i] for i in range(len(ds) if limit is None else min(limit, len(ds)))], list(ds.classes)
 
 
 def build(data: str, encoder: str, text: str, skip_prob: float):
@@ -123,12 +125,10 @@ def scores(model, samples: list[dict], pos, neg, head: nn.Linear) -> dict[str, t
     for k in range(0, len(samples), 64):
         batch = collate(samples[k:k + 64])
         det = model.detect_prompts(batch["x"], p, use_post_decoder=False, skip_roi_pool=True, clip_boxes=False)
-        agg = F.normalize(det.box_features, dim=-1)
-        pn, qn = F.normalize(p, dim=-1), F.normalize(q, dim=-1)
-        out["prompt"].append((agg * pn).sum(-1) - (agg * qn).sum(-1))
-        multi = F.normalize(det.multiboxes_features, dim=-1)
-        prob = torch.sigmoid(((multi * pn[None, :, None]).sum(-1) - (multi * qn[None, :, None]).sum(-1)) / 0.2)
-        out["od"].append((det.multiboxes_weights * prob).amax(dim=-1))
+        presence, _ = classify_features(det.box_features, p[None], q[None], threshold=None)  # (N, C)
+        out["prompt"].append(presence)
+        prob, _ = classify_features(det.multiboxes_features, p[None, :, None], q[None, :, None], threshold=None)
+        out["od"].append((det.multiboxes_weights * prob).amax(dim=-1))  # as the demo's detection check scores
         out["linear"].append(torch.einsum("ncd,cd->nc", det.box_features, head.weight))
     model.train(was)
     if not any(p.requires_grad for p in model.img_encoder.parameters()):
@@ -157,11 +157,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     checkpoints = sorted(int(u) for u in args.updates.split(","))
 
-    train = load(args.data, "train", args.fit_batch or None)
-    test = train if args.fit_batch else load(args.data, "test", args.test_images)
-    classes = ChexDataset(args.data, TABLE, split="train").classes
+    train, classes = load(args.data, "train", args.fit_batch or None)
+    test = train if args.fit_batch else load(args.data, "test", args.test_images)[0]
     model = build(args.data, args.encoder, args.text, args.skip_prob)
-    pos, neg = pathology_banks(list(classes), model.prompts)
+    pos, neg = pathology_banks(classes, model.prompts)
     pretrain_seconds = 0.0
     if args.pretrain:
         start = time.perf_counter()
@@ -170,9 +169,7 @@ def main() -> None:
     head = nn.Linear(model.cfg.d_model, len(classes))
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-5)
-    total = checkpoints[-1]
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    schedule = CosineWarmupSchedule(args.lr, 0.0, warmup=20, total=checkpoints[-1])  # as chex train's
     weights = LossWeights(pathology_classification=1.0 if args.objective == "prompt" else 0.0,
                           pathology_detection=args.detection)
     options = SupervisionOptions(randomize_prompts=False, pathology_box_subsample=len(classes),
@@ -182,7 +179,7 @@ def main() -> None:
     seconds, done = 0.0, 0
     for target in checkpoints:
         start = time.perf_counter()
-        for _ in range(target - done):
+        while done < target:
             batch = collate([train[int(i)] for i in torch.randint(0, len(train), (args.batch,))])
             batch["has_class_labels"] = torch.ones(args.batch, len(classes), dtype=torch.bool)
             pos.new_step()
@@ -199,13 +196,15 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
+            for group in opt.param_groups:
+                group["lr"] = schedule.lr(done)
             opt.step()
-            schedule.step()
+            done += 1
         seconds += time.perf_counter() - start
-        done = target
         s = scores(model, test, pos, neg, head)
         shown = ("prompt", "od") + (("linear",) if args.objective == "linear" else ())
-        result = {"updates": done, "seconds": round(seconds, 1), "pretrain_seconds": pretrain_seconds, "loss": round(float(loss.detach()), 4),
+        result = {"updates": done, "seconds": round(seconds, 1), "pretrain_seconds": pretrain_seconds,
+                  "loss": round(float(loss.detach()), 4),
                   **{k: v for k, v in vars(args).items() if k not in ("data", "updates", "threads")},
                   **{name: {classes[j].split("/", 1)[-1]: round(binary_auroc(s[name][:, j].numpy(),
                                                                              labels[:, j].numpy()), 3)
