@@ -36,7 +36,7 @@ def train(
     init_generator: Optional[Path] = typer.Option(None, "--init-generator",
                                                   help="bundle with the sentence generator (txtgen, stage 3)"),
     model_config: str = typer.Option("paper", "--model-config",
-                                     help="sizes for random weights: paper, small, tiny or a YAML file"),
+                                     help="sizes for random weights: paper, small, tiny, tiny-cnn or a YAML file"),
     out: Path = typer.Option(Path("runs/train"), "--out", help="folder of the run folders"),
     name: Optional[str] = typer.Option(None, "--name", help="run folder name (default: stage1, txtgen, ...)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding recipe fields"),

@@ -47,7 +47,7 @@ from chexcli.data.synthetic_report import CIG_LABELS, MSCXR_CLASS, VINDR_CLASS, 
 from chexcli.errors import ChexError
 
 KIND = "synthetic"
-GENERATOR_VERSION = 4  # bumped whenever the same seed would draw different data
+GENERATOR_VERSION = 5  # bumped whenever the same seed would draw different data
 GROUND_TRUTH = "synthetic.csv"
 FRONTAL_TABLE = "mimic_frontal.csv"
 REPORTS = "mimic-cxr-frontal-report"

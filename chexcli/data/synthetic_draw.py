@@ -27,7 +27,7 @@ SIGN = {"right": -1.0, "left": 1.0}  # patient side -> sign of u (patient right 
 ZONES = {"upper": (0.0, 1 / 3), "mid": (1 / 3, 2 / 3), "lower": (2 / 3, 1.0)}
 APICAL_T = 0.16  # the apical zone is the top of the lung, t < APICAL_T
 FINDING_KINDS = ("nodule", "opacity", "consolidation", "effusion", "pneumothorax", "cardiomegaly")
-P_FINDINGS = (0.45, 0.37, 0.18)  # probability of 0, 1, 2 findings in an image
+P_FINDINGS = (0.2, 0.45, 0.35)  # probability of 0, 1, 2 findings in an image
 NORMAL_CTR = (0.38, 0.47)  # cardiothoracic ratio of a normal heart
 ENLARGED_CTR = (0.56, 0.66)  # ... of cardiomegaly (heart wider than half the chest)
 F32 = np.float32
@@ -314,12 +314,12 @@ def _sample_lung_finding(sc: Scene, kind: str, rng: np.random.Generator) -> Find
         side = str(side)
         pleural = {f.kind for f in sc.findings if f.side == side} & {"effusion", "pneumothorax"}
         if kind == "effusion" and not pleural and (side, "lower") not in taken:
-            level = float(rng.uniform(0.72, 0.86))
-            return Finding(kind, side, "lower", "small" if level > 0.8 else "moderate",
+            level = float(rng.uniform(0.64, 0.8))
+            return Finding(kind, side, "lower", "small" if level > 0.74 else "moderate",
                            {"level": level, "meniscus": float(rng.uniform(0.05, 0.1))})
         if kind == "pneumothorax" and not pleural and (side, "upper") not in taken:
-            depth = float(rng.uniform(14, 26))
-            return Finding(kind, side, "upper", "small" if depth < 19 else "moderate",
+            depth = float(rng.uniform(20, 32))
+            return Finding(kind, side, "upper", "small" if depth < 25 else "moderate",
                            {"depth": depth, "t_end": float(rng.uniform(0.45, 0.72))})
         if kind == "consolidation" and (side, "lower") not in taken:
             return Finding(kind, side, "lower", "", {"fissure": float(rng.uniform(0.6, 0.7)),
@@ -331,13 +331,13 @@ def _sample_lung_finding(sc: Scene, kind: str, rng: np.random.Generator) -> Find
             if (side, zone) in taken:
                 continue
             if kind == "nodule":
-                r = float(rng.uniform(10.0, 15.0))  # 20-30 px: about one patch of a ViT-B/32 at 224
+                r = float(rng.uniform(15.0, 21.0))  # 20-30 px: about one patch of a ViT-B/32 at 224
                 c = _point_in_zone(sc, side, zone, r + 2, rng)
                 if c is not None:
-                    return Finding(kind, side, zone, "small" if r < 12 else "",
+                    return Finding(kind, side, zone, "small" if r < 17 else "",
                                    {"u": c[0], "v": c[1], "r": r, "amp": float(rng.uniform(0.45, 0.55))})
             else:
-                ru, rv = float(rng.uniform(20, 30)), float(rng.uniform(20, 30))
+                ru, rv = float(rng.uniform(24, 32)), float(rng.uniform(24, 32))
                 c = _point_in_zone(sc, side, zone, 0.5 * min(ru, rv), rng)
                 if c is not None:
                     return Finding(kind, side, zone, "", {"u": c[0], "v": c[1], "ru": ru, "rv": rv,

@@ -3,12 +3,15 @@
 Everything goes into one run folder (default runs/demo/demo, demo2, ...):
 
     data/                     the synthetic processed folder (`chex data prepare synthetic`)
+    train/pretrain/           the image tower pretrained on the synthetic train split, a stand-in
+                              for CheXzero's weights (chexcli.demo.pretrain)
     train/{stage1,txtgen,stage2,stage3}/   the four `chex train` runs (bundle/ in each)
     evaluation/               rc_cig (region classification) from the evaluation package
     predict/<image>/          `chex predict` on a few test images: annotated PNGs + predictions.jsonl
     summary.json, summary.txt the checks against the baselines, paths and next commands
 
-The full demo trains a `tiny` model for a few CPU minutes and fails (exit 1) unless it
+The full demo trains a `tiny-cnn` model (the `tiny` ChEX with a small convolutional image
+tower, chexcli.model.conv_encoder) for a few CPU minutes and fails (exit 1) unless it
 beats the trivial baselines (chexcli.demo.checks); `--quick` runs every step at toy scale
 and reports the checks without enforcing them. docs/demo.md has the plan, the checks and
 the measured values.
@@ -31,6 +34,7 @@ class DemoPlan:
 
     images: int
     model_config: str
+    pretrain_steps: int
     stage1_steps: int
     txtgen_steps: int
     stage2_steps: int
@@ -43,7 +47,7 @@ class DemoPlan:
     # recipe changes for a model trained from random weights on a small synthetic set
     # (see docs/demo.md): less dropout, larger learning rates, detection weighted up
     common: tuple[str, ...] = ("model.dropout_scale=0", "run.log_every=10", "data.augmentation=none")
-    stage1: tuple[str, ...] = ("optim.lr=2e-3", "optim.warmup_steps=20", "loss.anatomy_detection=1.0",
+    stage1: tuple[str, ...] = ("model.image_encoder_trainable_blocks=0", "optim.lr=2e-3", "optim.warmup_steps=20", "loss.anatomy_detection=1.0",
                                "loss.pathology_detection=10.0", "loss.anatomy_classification=1.0",
                                "model.train_text_encoder=true", "loss.global_contrastive=0",
                                "loss.sentence_contrastive=0", "supervision.randomize_prompts=false",
@@ -58,9 +62,9 @@ class DemoPlan:
                                "supervision.generation_sampling=balanced", "supervision.max_generated_sentences=256")
 
 
-FULL = DemoPlan(images=4000, model_config="tiny", stage1_steps=1200, txtgen_steps=300, stage2_steps=150,
+FULL = DemoPlan(images=4000, model_config="tiny-cnn", pretrain_steps=1000, stage1_steps=1200, txtgen_steps=300, stage2_steps=150,
                 stage3_steps=800, stage3_batch_size=16)
-QUICK = DemoPlan(images=120, model_config="tiny", stage1_steps=3, txtgen_steps=3, stage2_steps=2, stage3_steps=2,
+QUICK = DemoPlan(images=120, model_config="tiny-cnn", pretrain_steps=3, stage1_steps=3, txtgen_steps=3, stage2_steps=2, stage3_steps=2,
                  batch_size=8, stage3_batch_size=4, predict_images=2, eval_images=12, workers=0)
 
 
@@ -93,12 +97,12 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, name: str = "demo",
         return result
 
     data = run_dir / "data"
-    timed("1/7 synthetic chest X-rays", lambda: _prepare(data, plan, seed, echo))
-    bundles = timed("2/7-5/7 training", lambda: _train_all(run_dir / "train", data, plan, seed, echo))
+    timed("1/8 synthetic chest X-rays", lambda: _prepare(data, plan, seed, echo))
+    bundles = timed("2/8-6/8 training", lambda: _train_all(run_dir / "train", data, plan, seed, echo))
     final = bundles["3"]
-    checks = timed("6/7 evaluation on the held-out test split",
+    checks = timed("7/8 evaluation on the held-out test split",
                    lambda: _evaluate(final, data, run_dir / "evaluation", plan, quick, echo))
-    images = timed("7/7 chex predict on test images",
+    images = timed("8/8 chex predict on test images",
                    lambda: _predict(final, data, run_dir / "predict", plan, echo))
     passed = all(c.passed for c in checks if c.enforced)
     result = DemoResult(run_dir, final, passed, checks, images, timings)
@@ -129,13 +133,19 @@ def _train_all(out: Path, data: Path, plan: DemoPlan, seed: int, echo) -> dict[s
         run_dir = train(opts, echo=echo)
         return run_dir / "bundle"
 
-    bundles = {"1": stage("2/7 stage 1: detector and image encoder", "1", "stage1", plan.stage1_steps,
-                          plan.batch_size, plan.stage1)}
-    bundles["txtgen"] = stage("3/7 txtgen: sentence generator on report sentences", "txtgen", "txtgen",
+    from chexcli.demo.pretrain import pretrain_bundle
+
+    echo("\n== 2/8 image tower pretraining (a stand-in for CheXzero's weights)")
+    pretrained = pretrain_bundle(data, out / "pretrain" / "bundle", plan.model_config, plan.pretrain_steps,
+                                 plan.batch_size, seed=seed, echo=echo)
+    bundles = {"pretrain": pretrained,
+               "1": stage("3/8 stage 1: detector (image tower frozen)", "1", "stage1", plan.stage1_steps,
+                          plan.batch_size, plan.stage1, init=pretrained)}
+    bundles["txtgen"] = stage("4/8 txtgen: sentence generator on report sentences", "txtgen", "txtgen",
                               plan.txtgen_steps, plan.batch_size, plan.txtgen, init=bundles["1"])
-    bundles["2"] = stage("4/7 stage 2: post decoder", "2", "stage2", plan.stage2_steps, plan.batch_size, plan.stage2,
+    bundles["2"] = stage("5/8 stage 2: post decoder", "2", "stage2", plan.stage2_steps, plan.batch_size, plan.stage2,
                          init=bundles["1"])
-    bundles["3"] = stage("5/7 stage 3: sentences from region features", "3", "stage3", plan.stage3_steps,
+    bundles["3"] = stage("6/8 stage 3: sentences from region features", "3", "stage3", plan.stage3_steps,
                          plan.stage3_batch_size, plan.stage3, init=bundles["2"], init_generator=bundles["txtgen"])
     return bundles
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from chexcli.model.box_ops import clip_boxes as clip_to_image
 from chexcli.model.clip import VisionTransformer
 from chexcli.model.config import ChexConfig
+from chexcli.model.conv_encoder import ConvTower
 from chexcli.model.detector import DetectionOutput, ImageEncoding, TokenDetector
 from chexcli.model.generator import Generated, SentenceGenerator
 from chexcli.model.post_decoder import PostDecoder
@@ -22,21 +23,31 @@ from chexcli.model.prompt_encoder import PromptEncoder
 
 
 class ImageEncoder(nn.Module):
-    """CLIP ViT backbone -> patch features, projected patch positions and the global feature."""
+    """Image tower -> patch features, their positions and the global feature.
+
+    `backbone` is CLIP's ViT (``vision.kind: vit``; the patch positions are its projected
+    positional embeddings, the global feature its class token) or the convolutional tower of
+    chexcli.model.conv_encoder (``cnn``; fixed sine-cosine positions, mean-pooled global feature).
+    """
 
     def __init__(self, cfg: ChexConfig):
         super().__init__()
-        self.backbone = VisionTransformer(cfg.vision)
+        self.kind = cfg.vision.kind
+        self.backbone = ConvTower(cfg.vision) if self.kind == "cnn" else VisionTransformer(cfg.vision)
 
     def forward(self, x: Tensor) -> ImageEncoding:
-        """x: (N, S, S) single-channel (repeated to 3 channels) or (N, 3, S, S)."""
+        """x: (N, S, S) single-channel (repeated to 3 channels for the ViT) or (N, 3, S, S)."""
         size = self.backbone.cfg.image_size
         if x.dim() == 3:
-            x = x[:, None].expand(-1, 3, -1, -1)
-        if x.dim() != 4 or x.shape[-1] != size or x.shape[-2] != size:
+            x = x[:, None]
+        if x.dim() != 4 or x.shape[-1] != size or x.shape[-2] != size or x.shape[1] not in (1, 3):
             raise ValueError(f"expected images of {size}x{size}, got shape {tuple(x.shape)}")
-        tokens = self.backbone(x)  # (N, 1 + P, d)
         n, g = x.shape[0], self.backbone.cfg.grid
+        if self.kind == "cnn":
+            patches = self.backbone(x.mean(dim=1, keepdim=True))  # (N, g, g, d)
+            pos = self.backbone.positions.to(patches.dtype).reshape(1, g, g, -1).expand(n, -1, -1, -1)
+            return ImageEncoding(patches, pos, patches.mean(dim=(1, 2)))
+        tokens = self.backbone(x.expand(-1, 3, -1, -1))  # (N, 1 + P, d)
         patches = tokens[:, 1:].reshape(n, g, g, -1)
         pos = self.backbone.projected_patch_positions().reshape(1, g, g, -1).expand(n, -1, -1, -1)
         return ImageEncoding(patches, pos, tokens[:, 0])

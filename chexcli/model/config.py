@@ -16,10 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+VISION_KINDS = ("vit", "cnn")
+
+
 @dataclass
 class VisionConfig:
-    """CLIP vision transformer (OpenAI layout)."""
+    """Image tower: the CLIP vision transformer (OpenAI layout, ``kind="vit"``, every released
+    model) or a small convolutional tower (``kind="cnn"``, chexcli.model.conv_encoder) for models
+    trained from random weights on a CPU, such as `chex demo`'s.
 
+    For ``cnn``: log2(patch_size) stride-2 convolution stages of width/4, width/2, then width
+    channels; ``layers`` and ``heads`` are not used."""
+
+    kind: str = "vit"
     image_size: int = 224
     patch_size: int = 32
     width: int = 768
@@ -131,6 +140,11 @@ class ChexConfig:
             w, h = _lookup(self, width), _lookup(self, heads)
             if w is not None and w % h:
                 raise ValueError(f"{prefix}.{width} ({w}) is not divisible by {prefix}.{heads} ({h})")
+        if self.vision.kind not in VISION_KINDS:
+            raise ValueError(f"{prefix}.vision.kind must be one of {', '.join(VISION_KINDS)} (got {self.vision.kind!r})")
+        patch = self.vision.patch_size
+        if self.vision.kind == "cnn" and (patch < 2 or patch & (patch - 1)):
+            raise ValueError(f"{prefix}.vision.patch_size of a cnn image tower must be a power of two >= 2 (got {patch})")
         if self.vision.image_size % self.vision.patch_size:
             raise ValueError(f"{prefix}.vision.image_size ({self.vision.image_size}) is not a multiple of "
                              f"{prefix}.vision.patch_size ({self.vision.patch_size})")
@@ -210,6 +224,9 @@ def _check_types(obj, prefix: str) -> None:
         elif kind == "float":
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             wanted = "a finite number"
+        elif kind == "str":
+            ok = isinstance(value, str)
+            wanted = "a string"
         else:  # a nested section
             ok = dataclasses.is_dataclass(value)
             wanted = "an object"

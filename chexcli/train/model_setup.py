@@ -33,20 +33,23 @@ from chexcli.model.bundle import (CLIP_DIR, CONFIG_FILE, FORMAT, FORMAT_VERSION,
 from chexcli.model.chex import ChEX
 from chexcli.model.clip_tokenizer import ClipTokenizer
 from chexcli.model.config import ChexConfig, DetectorConfig, GeneratorConfig, TextConfig, VisionConfig
+from chexcli.model.conv_encoder import sincos_positions
 from chexcli.model.gpt2_text import build_tiny_gpt2_tokenizer, load_gpt2_tokenizer
 
-PRESETS = ("paper", "small", "tiny")
+PRESETS = ("paper", "small", "tiny", "tiny-cnn")
 
 
 # ------------------------------------------------------------------------------------------ configs
 def preset_config(name: str, clip_vocab: int, gpt2_vocab: int, eos: int) -> ChexConfig:
-    """Model sizes: `paper` (the released model), `small` (laptop demo), `tiny` (tests), or a YAML file."""
+    """Model sizes: `paper` (the released model), `small` (laptop), `tiny` (tests), `tiny-cnn` (`tiny`
+    with the convolutional image tower of chexcli.model.conv_encoder: `chex demo`), or a YAML file."""
     if name == "paper":
         cfg = ChexConfig()
         cfg.text.vocab_size = clip_vocab
         cfg.generator.vocab_size = gpt2_vocab
-    elif name == "tiny":
+    elif name in ("tiny", "tiny-cnn"):
         cfg = ChexConfig.tiny(clip_vocab_size=clip_vocab, gpt2_vocab_size=gpt2_vocab, eos_token_id=eos)
+        cfg.vision.kind = "cnn" if name == "tiny-cnn" else "vit"
     elif name == "small":
         cfg = ChexConfig(
             d_model=128, n_head=4,
@@ -60,7 +63,7 @@ def preset_config(name: str, clip_vocab: int, gpt2_vocab: int, eos: int) -> Chex
     else:
         path = Path(name)
         if not path.is_file():
-            raise ChexError(f"--model-config {name!r}: use paper, small, tiny or a YAML file of model sizes")
+            raise ChexError(f"--model-config {name!r}: use paper, small, tiny, tiny-cnn or a YAML file of model sizes")
         try:
             cfg = ChexConfig.from_dict(yaml.safe_load(path.read_text()) or {})
         except (yaml.YAMLError, TypeError, ValueError) as err:
@@ -235,32 +238,17 @@ def build_model(stage: str, init: Path | None, init_generator: Path | None, mode
 
 def _random_model(stage: str, model_config: str, corpus: Callable[[], list[str]], workdir: Path,
                   prompts: dict) -> ChEX:
-    small = model_config in ("tiny", "small")
+    small = model_config in ("tiny", "tiny-cnn", "small")
     clip, gpt2 = build_tokenizers(corpus(), workdir / "gpt2", clip_merges=800 if small else 4000,
                                   gpt2_vocab=1000 if small else 8000)
     eos = gpt2.convert_tokens_to_ids("<|endoftext|>")
     arch = preset_config(model_config, clip.vocab_size, len(gpt2), eos)
     model = ChEX(_stage_config(arch, stage), clip, prompts=prompts)
-    init_positions(model.img_encoder.backbone)
+    if arch.vision.kind == "vit":
+        init_positions(model.img_encoder.backbone)
     attach_gpt2_tokenizer(model, gpt2)
     model.provenance = {"architecture": arch.to_dict()}
     return model
-
-
-def sincos_positions(grid: int, width: int) -> torch.Tensor:
-    """2-D sine-cosine embeddings of a grid x grid patch map, (grid * grid, width), row-major."""
-    quarter = width // 4
-    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / max(1, quarter)))
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
-                            indexing="ij")
-    parts = []
-    for coord in (ys.flatten(), xs.flatten()):
-        angles = coord[:, None] * omega[None] * (3.14159265 / grid)
-        parts += [angles.sin(), angles.cos()]
-    emb = torch.cat(parts, dim=1)
-    out = torch.zeros(grid * grid, width, dtype=torch.float64)
-    out[:, : emb.shape[1]] = emb
-    return out.float()
 
 
 @torch.no_grad()
@@ -285,13 +273,13 @@ def apply_freezing(model: ChEX, recipe: dict[str, Any]) -> list[str]:
     for component in spec["trainable"]:
         if component == "img_encoder":
             backbone = model.img_encoder.backbone
-            blocks = backbone.transformer.resblocks
+            blocks = backbone.stages if model.cfg.vision.kind == "cnn" else backbone.transformer.resblocks
             k = int(spec.get("image_encoder_trainable_blocks", len(blocks)))
             for block in list(blocks)[max(0, len(blocks) - k):]:
                 block.requires_grad_(True)
             if k >= len(blocks):
                 backbone.requires_grad_(True)
-            elif spec.get("train_ln_pre"):
+            elif spec.get("train_ln_pre") and model.cfg.vision.kind == "vit":
                 backbone.ln_pre.requires_grad_(True)
         elif component in ("detector", "post_decoder", "txt_decoder", "txt_encoder"):
             module = getattr(model, component)

@@ -293,8 +293,8 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
             if info.is_main:
                 save_skeleton(model, run_dir / "model")
     model.to(device)
-    model.train()
     apply_freezing(model, recipe)
+    model.train()  # after freezing: a frozen convolutional tower stays in eval mode (conv_encoder)
     set_regularisation(model, recipe)
     if recipe["run"].get("activation_checkpointing") and model.txt_decoder is not None:
         model.txt_decoder.language_model.gradient_checkpointing = True

@@ -1,0 +1,160 @@
+"""`chex demo`'s stand-in for CheXzero: the image tower pretrained on the synthetic training split.
+
+Real training starts stage 1 from CheXzero's image and text towers (`chex weights
+import-chexzero`), and the image tower stays largely frozen. The demo has no such weights,
+and a tower trained from random weights inside stage 1 does not learn the small findings in
+CPU minutes (docs/demo.md). This step gives stage 1 a pretrained tower instead: it trains the
+image tower of the random model that stage 1 would build, with two heads that are then
+dropped, on the patch grid (N, g, g) of every training image:
+
+  cells    for every cell, the share of it covered by each anatomy box (the 29 names of
+           cig_default) and by each finding box (the VinDr-CXR classes), binary cross-entropy
+           of a linear head on the LayerNorm-ed patch features;
+  regions  the LayerNorm-ed features soft-ROI pooled over each ground-truth anatomy box, as the
+           detector pools its boxes, -> that region's finding labels (binary cross-entropy).
+
+The result is a bundle (provenance stage "pretrain") that `chex train --stage 1 --init` takes
+like a CheXzero bundle.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CIG_TABLE = "cig_boxclssent"
+VINDR_TABLE = "vindrcxr_boxes"
+
+
+def cell_coverage(boxes: Tensor, grid: int) -> Tensor:
+    """boxes (..., 4) center format in [0, 1] -> (..., grid, grid) share of each cell inside the box."""
+    lo = torch.arange(grid, device=boxes.device, dtype=boxes.dtype) / grid
+    hi = lo + 1.0 / grid
+    cx, cy, w, h = boxes.unbind(-1)
+
+    def overlap(c: Tensor, size: Tensor) -> Tensor:  # (..., grid)
+        a, b = (c - size / 2)[..., None], (c + size / 2)[..., None]
+        return (torch.minimum(b, hi) - torch.maximum(a, lo)).clamp(min=0) * grid
+
+    return overlap(cy, h)[..., :, None] * overlap(cx, w)[..., None, :]
+
+
+def load_training_targets(data_dir: Path, max_images: int | None = None) -> dict[str, Tensor]:
+    """The train split in memory: images x (N, S, S) float16, anatomy boxes (N, A, 4) and presence
+    (N, A), region finding labels (N, A, C), finding boxes as (K, 6) rows (image, box, class)."""
+    from chexcli.data.dataset import ChexDataset
+
+    cig = ChexDataset(data_dir, CIG_TABLE, split="train", transform="eval")
+    vindr = ChexDataset(data_dir, VINDR_TABLE, split="train", transform="eval")
+    vindr_row = {vindr.sample_id(row): k for k, (_, row) in enumerate(vindr.df.iterrows())}
+    n = len(cig) if max_images is None else min(max_images, len(cig))
+    xs, boxes, present, labels, findings = [], [], [], [], []
+    for i in range(n):
+        s = cig[i]
+        xs.append(s["x"].to(torch.float16))
+        boxes.append(s["target_anat_boxes"])
+        present.append(s["target_anat_present_masks"].bool())
+        labels.append(s["target_anat_cls_labels"].float())
+        j = vindr_row.get(str(s["sample_id"]), i)
+        v = vindr[j]
+        if str(v["sample_id"]) != str(s["sample_id"]):
+            raise ValueError(f"{data_dir}: the {VINDR_TABLE} and {CIG_TABLE} tables list different images")
+        for row in v["target_cls_boxes"]:
+            findings.append(torch.cat([torch.tensor([float(i)]), row[:5].float()]))
+    return {"x": torch.stack(xs), "anat_boxes": torch.stack(boxes), "anat_present": torch.stack(present),
+            "anat_labels": torch.stack(labels),
+            "findings": torch.stack(findings) if findings else torch.zeros(0, 6),
+            "n_classes": torch.tensor(len(vindr.classes))}
+
+
+def cell_targets(data: dict[str, Tensor], index: Tensor, grid: int) -> Tensor:
+    """(B, grid, grid, A + C) anatomy and finding coverage of the cells of images `index`."""
+    anat = cell_coverage(data["anat_boxes"][index], grid) * data["anat_present"][index][..., None, None]
+    b, n_cls = len(index), int(data["n_classes"])
+    found = torch.zeros(b, n_cls, grid, grid)
+    rows = data["findings"]
+    for k, image in enumerate(index.tolist()):
+        mine = rows[rows[:, 0] == image]
+        if len(mine):
+            cov = cell_coverage(mine[:, 1:5], grid)  # (K, g, g)
+            for row, c in zip(mine, cov):
+                cls = int(row[5])
+                found[k, cls] = torch.maximum(found[k, cls], c)
+    return torch.cat([anat, found], dim=1).permute(0, 2, 3, 1)
+
+
+def pretrain_image_tower(model, data: dict[str, Tensor], updates: int, batch_size: int = 16, lr: float = 3e-3,
+                         seed: int = 0, on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train `model.img_encoder` in place with the cells + regions objective; returns the losses.
+
+    The heads (a LayerNorm and two linear layers) are dropped afterwards."""
+    from chexcli.model.box_ops import soft_roi_pool
+    from chexcli.train.schedule import CosineWarmupSchedule
+
+    gen = torch.Generator().manual_seed(seed)
+    encoder, d = model.img_encoder, model.cfg.d_model
+    grid = model.cfg.vision.grid
+    n_anat, n_cls = data["anat_boxes"].shape[1], int(data["n_classes"])
+    norm, cells, regions = nn.LayerNorm(d), nn.Linear(d, n_anat + n_cls), nn.Linear(d, data["anat_labels"].shape[-1])
+    params = [*encoder.parameters(), *norm.parameters(), *cells.parameters(), *regions.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    schedule = CosineWarmupSchedule(lr, lr * 0.01, min(20, max(1, updates // 10)), updates)
+    encoder.train()
+    losses = []
+    for step in range(updates):
+        index = torch.randint(0, len(data["x"]), (batch_size,), generator=gen)
+        feats = norm(encoder(data["x"][index].float()).patch_features)  # (B, g, g, d)
+        loss_cells = F.binary_cross_entropy_with_logits(cells(feats), cell_targets(data, index, grid))
+        present = data["anat_present"][index]
+        pooled = soft_roi_pool(feats, data["anat_boxes"][index], model.detector.beta)  # (B, A, d)
+        loss_regions = F.binary_cross_entropy_with_logits(regions(pooled)[present], data["anat_labels"][index][present])
+        loss = loss_cells + loss_regions
+        for group in opt.param_groups:
+            group["lr"] = schedule.lr(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step + 1, losses[-1])
+    encoder.eval()
+    return losses
+
+
+def pretrain_bundle(data_dir: Path, out: Path, model_config: str, updates: int, batch_size: int = 16,
+                    seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print) -> Path:
+    """Build the random stage-1 model of `model_config`, pretrain its image tower on `data_dir`'s
+    train split and save it as a bundle at `out` (for `chex train --stage 1 --init out`)."""
+    from chexcli.data.dataset import ChexDataset
+    from chexcli.model.bundle import save_bundle
+    from chexcli.train.data_setup import text_corpus
+    from chexcli.train.model_setup import build_model
+    from chexcli.train.trainer import _Progress
+
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = lambda: text_corpus(ChexDataset(data_dir, "mimiccxr_reports_cig_multiboxclssent", split="train"))  # noqa: E731
+        model = build_model("1", None, None, model_config, corpus, Path(tmp), warn=lambda _: None)
+    data = load_training_targets(data_dir)
+    echo(f"image tower pretraining: {len(data['x'])} train images, {updates} updates of {batch_size}")
+    bar = _Progress(updates, 0, enabled=progress)
+    with bar:
+        losses = pretrain_image_tower(model, data, updates, batch_size, seed=seed,
+                                      on_step=lambda step, loss: bar.update(step, loss, 0.0))
+    seconds = round(time.perf_counter() - start, 1)
+    provenance = {"stage": "pretrain", "architecture": model.provenance["architecture"], "updates": updates,
+                  "final_loss": round(losses[-1], 4) if losses else None, "seconds": seconds,
+                  "objective": "cell anatomy/finding coverage + pooled region finding labels (chexcli.demo.pretrain)"}
+    return save_bundle(model, out, provenance=provenance, overwrite=True)
+
+
+__all__ = ["cell_coverage", "cell_targets", "load_training_targets", "pretrain_bundle", "pretrain_image_tower"]
