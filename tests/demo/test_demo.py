@@ -1,7 +1,7 @@
 """`chex demo`: the quick run end to end through the CLI, and its input errors.
 
-The full demo (about 8 minutes on 2 CPU cores) is marked slow and skipped by default
-(`pytest -m slow` runs it): its detection and sentence checks do not pass yet.
+The full demo (about 12 minutes on 2 CPU cores) is marked slow and skipped by default
+(`pytest -m slow` runs it): its sentence check does not pass yet (docs/demo.md).
 """
 
 from __future__ import annotations
