@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,11 +25,9 @@ from torch import nn
 
 from chexcli.data.dataset import ChexDataset, collate
 from chexcli.data.names import anatomy_names
-from chexcli.demo.pretrain import CIG_TABLE, load_training_targets, pretrain_image_tower
+from chexcli.demo.pretrain import CIG_TABLE, load_training_targets, pretrain_image_tower, random_stage1_model
 from chexcli.metrics.classification import binary_auroc
 from chexcli.model.box_ops import soft_roi_pool
-from chexcli.train.data_setup import text_corpus
-from chexcli.train.model_setup import build_model
 
 KINDS = ("nodule", "opacity", "consolidation", "effusion", "pneumothorax", "cardiomegaly")
 
@@ -92,9 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = lambda: text_corpus(ChexDataset(args.data, "mimiccxr_reports_cig_multiboxclssent", split="train"))  # noqa: E731
-        model = build_model("1", None, None, args.model_config, corpus, Path(tmp), warn=lambda _: None)
+    model = random_stage1_model(args.data, args.model_config)
     targets = load_training_targets(args.data)
     start = time.perf_counter()
     losses = pretrain_image_tower(model, targets, args.updates, lr=args.lr)

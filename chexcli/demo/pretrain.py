@@ -45,7 +45,7 @@ def cell_coverage(boxes: Tensor, grid: int) -> Tensor:
     return overlap(cy, h)[..., :, None] * overlap(cx, w)[..., None, :]
 
 
-def load_training_targets(data_dir: Path, max_images: int | None = None) -> dict[str, Tensor]:
+def load_training_targets(data_dir: Path) -> dict[str, Tensor]:
     """The train split in memory: images x (N, S, S) float16, anatomy boxes (N, A, 4) and presence
     (N, A), region finding labels (N, A, C), finding boxes as (K, 6) rows (image, box, class)."""
     from chexcli.data.dataset import ChexDataset
@@ -53,19 +53,17 @@ def load_training_targets(data_dir: Path, max_images: int | None = None) -> dict
     cig = ChexDataset(data_dir, CIG_TABLE, split="train", transform="eval")
     vindr = ChexDataset(data_dir, VINDR_TABLE, split="train", transform="eval")
     vindr_row = {vindr.sample_id(row): k for k, (_, row) in enumerate(vindr.df.iterrows())}
-    n = len(cig) if max_images is None else min(max_images, len(cig))
     xs, boxes, present, labels, findings = [], [], [], [], []
-    for i in range(n):
+    for i in range(len(cig)):
         s = cig[i]
         xs.append(s["x"].to(torch.float16))
         boxes.append(s["target_anat_boxes"])
         present.append(s["target_anat_present_masks"].bool())
         labels.append(s["target_anat_cls_labels"].float())
-        j = vindr_row.get(str(s["sample_id"]), i)
-        v = vindr[j]
-        if str(v["sample_id"]) != str(s["sample_id"]):
+        j = vindr_row.get(str(s["sample_id"]))
+        if j is None:
             raise ValueError(f"{data_dir}: the {VINDR_TABLE} and {CIG_TABLE} tables list different images")
-        for row in v["target_cls_boxes"]:
+        for row in vindr[j]["target_cls_boxes"]:
             findings.append(torch.cat([torch.tensor([float(i)]), row[:5].float()]))
     return {"x": torch.stack(xs), "anat_boxes": torch.stack(boxes), "anat_present": torch.stack(present),
             "anat_labels": torch.stack(labels),
@@ -90,10 +88,10 @@ def cell_targets(data: dict[str, Tensor], index: Tensor, grid: int) -> Tensor:
 
 
 def pretrain_image_tower(model, data: dict[str, Tensor], updates: int, batch_size: int = 16, lr: float = 3e-3,
-                         seed: int = 0, on_step: Callable[[int, float], None] | None = None) -> list[float]:
+                         seed: int = 0, on_step: Callable[[int, float, float], None] | None = None) -> list[float]:
     """Train `model.img_encoder` in place with the cells + regions objective; returns the losses.
 
-    The heads (a LayerNorm and two linear layers) are dropped afterwards."""
+    The heads (a LayerNorm and two linear layers) are dropped afterwards. `on_step(update, loss, lr)`."""
     from chexcli.model.box_ops import soft_roi_pool
     from chexcli.train.schedule import CosineWarmupSchedule
 
@@ -107,12 +105,13 @@ def pretrain_image_tower(model, data: dict[str, Tensor], updates: int, batch_siz
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = CosineWarmupSchedule(lr, lr * 0.01, min(20, max(1, updates // 10)), updates)
+    targets = cell_targets(data, torch.arange(len(data["x"])), grid)  # (N, g, g, A + C), once
     encoder.train()
     losses = []
     for step in range(updates):
         index = torch.randint(0, len(data["x"]), (batch_size,), generator=gen)
         feats = norm(encoder(data["x"][index].float()).patch_features)  # (B, g, g, d)
-        loss_cells = F.binary_cross_entropy_with_logits(cells(feats), cell_targets(data, index, grid))
+        loss_cells = F.binary_cross_entropy_with_logits(cells(feats), targets[index])
         present = data["anat_present"][index]
         pooled = soft_roi_pool(feats, data["anat_boxes"][index], model.detector.beta)  # (B, A, d)
         loss_regions = F.binary_cross_entropy_with_logits(regions(pooled)[present], data["anat_labels"][index][present])
@@ -124,32 +123,38 @@ def pretrain_image_tower(model, data: dict[str, Tensor], updates: int, batch_siz
         opt.step()
         losses.append(float(loss.detach()))
         if on_step is not None:
-            on_step(step + 1, losses[-1])
+            on_step(step + 1, losses[-1], schedule.lr(step))
     encoder.eval()
     return losses
+
+
+def random_stage1_model(data_dir: Path, model_config: str):
+    """The random model `chex train --stage 1` builds for `model_config` (tokenizers from `data_dir`)."""
+    from chexcli.data.dataset import ChexDataset
+    from chexcli.train.data_setup import text_corpus
+    from chexcli.train.model_setup import build_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = lambda: text_corpus(ChexDataset(data_dir, "mimiccxr_reports_cig_multiboxclssent", split="train"))  # noqa: E731
+        return build_model("1", None, None, model_config, corpus, Path(tmp), warn=lambda _: None)
 
 
 def pretrain_bundle(data_dir: Path, out: Path, model_config: str, updates: int, batch_size: int = 16,
                     seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print) -> Path:
     """Build the random stage-1 model of `model_config`, pretrain its image tower on `data_dir`'s
     train split and save it as a bundle at `out` (for `chex train --stage 1 --init out`)."""
-    from chexcli.data.dataset import ChexDataset
     from chexcli.model.bundle import save_bundle
-    from chexcli.train.data_setup import text_corpus
-    from chexcli.train.model_setup import build_model
     from chexcli.train.trainer import _Progress
 
     torch.manual_seed(seed)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = lambda: text_corpus(ChexDataset(data_dir, "mimiccxr_reports_cig_multiboxclssent", split="train"))  # noqa: E731
-        model = build_model("1", None, None, model_config, corpus, Path(tmp), warn=lambda _: None)
+    model = random_stage1_model(data_dir, model_config)
     data = load_training_targets(data_dir)
     echo(f"image tower pretraining: {len(data['x'])} train images, {updates} updates of {batch_size}")
     bar = _Progress(updates, 0, enabled=progress)
     with bar:
         losses = pretrain_image_tower(model, data, updates, batch_size, seed=seed,
-                                      on_step=lambda step, loss: bar.update(step, loss, 0.0))
+                                      on_step=bar.update)
     seconds = round(time.perf_counter() - start, 1)
     provenance = {"stage": "pretrain", "architecture": model.provenance["architecture"], "updates": updates,
                   "final_loss": round(losses[-1], 4) if losses else None, "seconds": seconds,
@@ -157,4 +162,5 @@ def pretrain_bundle(data_dir: Path, out: Path, model_config: str, updates: int, 
     return save_bundle(model, out, provenance=provenance, overwrite=True)
 
 
-__all__ = ["cell_coverage", "cell_targets", "load_training_targets", "pretrain_bundle", "pretrain_image_tower"]
+__all__ = ["cell_coverage", "cell_targets", "load_training_targets", "pretrain_bundle", "pretrain_image_tower",
+           "random_stage1_model"]

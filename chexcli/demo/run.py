@@ -47,8 +47,8 @@ class DemoPlan:
     # recipe changes for a model trained from random weights on a small synthetic set
     # (see docs/demo.md): less dropout, larger learning rates, detection weighted up
     common: tuple[str, ...] = ("model.dropout_scale=0", "run.log_every=10", "data.augmentation=none")
-    stage1: tuple[str, ...] = ("model.image_encoder_trainable_blocks=0", "optim.lr=2e-3", "optim.warmup_steps=20", "loss.anatomy_detection=1.0",
-                               "loss.pathology_detection=10.0", "loss.anatomy_classification=30.0",
+    stage1: tuple[str, ...] = ("model.image_encoder_trainable_blocks=0", "optim.lr=2e-3", "optim.warmup_steps=20",
+                               "loss.anatomy_detection=1.0", "loss.pathology_detection=10.0", "loss.anatomy_classification=30.0",
                                "model.train_text_encoder=true", "loss.global_contrastive=0",
                                "loss.sentence_contrastive=0", "supervision.randomize_prompts=false",
                                "supervision.pathology_box_subsample=22", "supervision.pathology_label_subsample=22")
@@ -62,10 +62,10 @@ class DemoPlan:
                                "supervision.generation_sampling=balanced", "supervision.max_generated_sentences=256")
 
 
-FULL = DemoPlan(images=4000, model_config="tiny-cnn", pretrain_steps=1000, stage1_steps=1200, txtgen_steps=300, stage2_steps=150,
-                stage3_steps=800, stage3_batch_size=16)
-QUICK = DemoPlan(images=120, model_config="tiny-cnn", pretrain_steps=3, stage1_steps=3, txtgen_steps=3, stage2_steps=2, stage3_steps=2,
-                 batch_size=8, stage3_batch_size=4, predict_images=2, eval_images=12, workers=0)
+FULL = DemoPlan(images=4000, model_config="tiny-cnn", pretrain_steps=1000, stage1_steps=1200, txtgen_steps=300,
+                stage2_steps=150, stage3_steps=800, stage3_batch_size=16)
+QUICK = DemoPlan(images=120, model_config="tiny-cnn", pretrain_steps=3, stage1_steps=3, txtgen_steps=3, stage2_steps=2,
+                 stage3_steps=2, batch_size=8, stage3_batch_size=4, predict_images=2, eval_images=12, workers=0)
 
 
 @dataclass
