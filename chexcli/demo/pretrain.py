@@ -103,6 +103,9 @@ def pretrain_image_tower(model, data: dict[str, Tensor], updates: int, batch_siz
     params = [*encoder.parameters(), *norm.parameters(), *cells.parameters(), *regions.parameters()]
     for p in params:
         p.requires_grad_(True)
+    # channels-last convolution weights: about a third faster on a CPU; undone before returning,
+    # as a bundle stores contiguous tensors
+    encoder.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = CosineWarmupSchedule(lr, lr * 0.01, min(20, max(1, updates // 10)), updates)
     targets = cell_targets(data, torch.arange(len(data["x"])), grid)  # (N, g, g, A + C), once
@@ -124,6 +127,7 @@ def pretrain_image_tower(model, data: dict[str, Tensor], updates: int, batch_siz
         losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step + 1, losses[-1], schedule.lr(step))
+    encoder.to(memory_format=torch.contiguous_format)
     encoder.eval()
     return losses
 

@@ -46,7 +46,8 @@ class DemoPlan:
     workers: int = 1
     # recipe changes for a model trained from random weights on a small synthetic set
     # (see docs/demo.md): less dropout, larger learning rates, detection weighted up
-    common: tuple[str, ...] = ("model.dropout_scale=0", "run.log_every=10", "data.augmentation=none")
+    common: tuple[str, ...] = ("model.dropout_scale=0", "run.log_every=10", "data.augmentation=none",
+                               "run.cache_frozen_encodings=true")
     stage1: tuple[str, ...] = ("model.image_encoder_trainable_blocks=0", "optim.lr=2e-3", "optim.warmup_steps=20",
                                "loss.anatomy_detection=1.0", "loss.pathology_detection=10.0", "loss.anatomy_classification=30.0",
                                "model.train_text_encoder=true", "loss.global_contrastive=0",
@@ -59,11 +60,11 @@ class DemoPlan:
                                "supervision.randomize_prompts=false", "supervision.anatomy_region_mode=token",
                                "model.skip_roi_pool_prob=1.0", "loss.sentence_generation=0",
                                "loss.anatomy_mse=0", "loss.sentence_mse=0",
-                               "supervision.generation_sampling=balanced", "supervision.max_generated_sentences=256")
+                               "supervision.generation_sampling=balanced", "supervision.max_generated_sentences=32")
 
 
 FULL = DemoPlan(images=4000, model_config="tiny-cnn", pretrain_steps=1000, stage1_steps=1200, txtgen_steps=300,
-                stage2_steps=150, stage3_steps=800, stage3_batch_size=16)
+                stage2_steps=150, stage3_steps=1000, stage3_batch_size=16)
 QUICK = DemoPlan(images=120, model_config="tiny-cnn", pretrain_steps=3, stage1_steps=3, txtgen_steps=3, stage2_steps=2,
                  stage3_steps=2, batch_size=8, stage3_batch_size=4, predict_images=2, eval_images=12, workers=0)
 

@@ -8,6 +8,7 @@ text longer than `max_length` is cut so that it keeps its end token.
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 
 import torch
@@ -17,22 +18,39 @@ from chexcli.train.losses import generation_loss
 from chexcli.train.recipe import SAMPLING_MODES
 
 
+# tokenizer -> {text: token ids}: training decodes the same few thousand sentences every update
+_TOKEN_CACHE: "weakref.WeakKeyDictionary[object, dict[str, tuple[int, ...]]]" = weakref.WeakKeyDictionary()
+_TOKEN_CACHE_LIMIT = 200_000  # texts per tokenizer
+
+
+def _token_ids(tokenizer, text: str) -> tuple[int, ...]:
+    """The tokenizer's ids of `text` without special tokens, remembered per tokenizer."""
+    try:
+        known = _TOKEN_CACHE.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no cache
+        known = {}
+    ids = known.get(text)
+    if ids is None:
+        body = tokenizer.encode(text, add_special_tokens=False) if hasattr(tokenizer, "encode") else tokenizer(text)
+        ids = tuple(body)
+        if len(known) < _TOKEN_CACHE_LIMIT:
+            known[text] = ids
+    return ids
+
+
 def encode_targets(tokenizer, texts: list[str], bos_id: int, eos_id: int, pad_id: int, max_length: int = 128,
                    keep_end_token: bool = True) -> tuple[Tensor, Tensor]:
     """texts (M) -> ids (M, L) and token mask (M, L), L <= max_length."""
     rows = []
     for text in texts:
-        body = tokenizer.encode(text, add_special_tokens=False) if hasattr(tokenizer, "encode") else tokenizer(text)
-        seq = [bos_id] + list(body) + [eos_id]
+        seq = [bos_id, *_token_ids(tokenizer, text), eos_id]
         if len(seq) > max_length:
             seq = seq[: max_length - 1] + [eos_id] if keep_end_token else seq[:max_length]
         rows.append(seq)
     length = max((len(r) for r in rows), default=1)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), length, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = True
+    ids = torch.tensor([r + [pad_id] * (length - len(r)) for r in rows], dtype=torch.long).view(len(rows), length)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    mask = torch.arange(length)[None, :] < lengths[:, None]
     return ids, mask
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from chexcli.data.names import multibox_mapping
+from chexcli.train.encoding_cache import FrozenEncodingCache, is_frozen
 from chexcli.train.generation import sentence_generation_loss
 from chexcli.train.prompts import anatomy_bank, pathology_banks
 from chexcli.train.supervisors import (LossWeights, SupervisionOptions, anatomy_supervisor, pathology_supervisor,
@@ -19,12 +20,16 @@ from chexcli.train.supervisors import (LossWeights, SupervisionOptions, anatomy_
 
 
 class ChexObjective(nn.Module):
-    """Wraps the model so DDP sees one module whose forward returns the loss."""
+    """Wraps the model so DDP sees one module whose forward returns the loss.
+
+    With `encodings` set, a frozen image tower encodes each image once (`FrozenEncodingCache`).
+    """
 
     def __init__(self, model, weights: LossWeights, options: SupervisionOptions, class_names: list[str],
-                 anatomy_names: list[str], multi_names: list[str]):
+                 anatomy_names: list[str], multi_names: list[str], encodings: FrozenEncodingCache | None = None):
         super().__init__()
         self.model = model
+        self.encodings = encodings
         self.weights = weights
         self.options = options
         prompts = model.prompts or {}
@@ -43,8 +48,10 @@ class ChexObjective(nn.Module):
         for bank in (self.anatomy, self.multi, self.pos, self.neg):
             if bank is not None:
                 bank.new_step()
-        x = batch["x"].to(self.model.device, non_blocking=True)
-        enc = self.model.encode_image(x)
+        if self.encodings is not None and is_frozen(self.model.img_encoder):
+            enc = self.encodings.encode(self.model, batch["x"])
+        else:
+            enc = self.model.encode_image(batch["x"].to(self.model.device, non_blocking=True))
         total = enc.patch_features.sum() * 0.0
         metrics: dict[str, float] = {}
         if w.global_contrastive or w.sentence_contrastive or w.sentence_mse or w.sentence_generation:

@@ -31,6 +31,7 @@ from chexcli.train import distributed as dist_utils
 from chexcli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from chexcli.train.data_setup import (ShardedBatchSampler, check_folders, dataset_names, shard_index, text_corpus,
                                       training_dataset)
+from chexcli.train.encoding_cache import FrozenEncodingCache
 from chexcli.train.model_setup import (apply_freezing, build_model, load_skeleton, save_skeleton,
                                       set_regularisation)
 from chexcli.train.objective import ChexObjective, TxtgenObjective
@@ -306,8 +307,11 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
                                     t["generation_include_padding"], t["generation_keep_end_token"])
     else:
         sup = SupervisionOptions(**recipe["supervision"])
+        # without augmentation a frozen image tower sees the same image tensors every epoch
+        cache = recipe["run"].get("cache_frozen_encodings") and recipe["data"].get("augmentation") == "none"
+        encodings = FrozenEncodingCache() if cache else None
         objective = ChexObjective(model, LossWeights(**recipe["loss"]), sup, classes, anatomies,
-                                  multi if sup.use_multiboxes else [])
+                                  multi if sup.use_multiboxes else [], encodings)
     _prewarm_text_cache(model, objective, dataset, say)
 
     wrapped = objective

@@ -1,7 +1,7 @@
 """`chex demo`: the quick run end to end through the CLI, and its input errors.
 
-The full demo (about 12 minutes on 2 CPU cores) is marked slow and skipped by default
-(`pytest -m slow` runs it): its sentence check does not pass yet (docs/demo.md).
+The full demo (about 10 minutes on 2 CPU cores) is marked slow and skipped by default;
+`pytest -m slow` runs it, and so does .ci/run after the rest of the suite.
 """
 
 from __future__ import annotations

@@ -92,6 +92,19 @@ def test_stage1_trains_only_the_top_blocks_and_not_ln_pre(synth, tmp_path):
     assert not _same(_part(a, "detector."), _part(b, "detector."))
 
 
+
+def test_cached_frozen_encodings_train_what_encoding_every_update_trains(synth, tmp_path):
+    """run.cache_frozen_encodings (chex demo's setting): same weights to float rounding."""
+    sets = ["model.image_encoder_trainable_blocks=0", "data.augmentation=none", "model.dropout_scale=0"]
+    plain = _weights(run_stage("1", synth, tmp_path, "plain", steps=4, batch=8, sets=sets))
+    cached = _weights(run_stage("1", synth, tmp_path, "cached", steps=4, batch=8,
+                                sets=sets + ["run.cache_frozen_encodings=true"]))
+    assert plain.keys() == cached.keys()
+    for name in plain:
+        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert not _same(_part(plain, "detector."), _part(_weights(run_stage("1", synth, tmp_path, "one", steps=1,
+                                                                        batch=8, sets=sets)), "detector."))
+
 # ------------------------------------------------------------------------------------------ losses go down
 @pytest.mark.parametrize("stage", ["1", "txtgen", "2", "3"])
 def test_each_stage_lowers_its_loss_on_a_fixed_batch(stage, chain, synth, tmp_path):
