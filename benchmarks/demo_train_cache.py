@@ -74,7 +74,8 @@ def main() -> None:
         model.train()
         set_regularisation(model, recipe)
         n = len(dataset) - len(dataset) % args.batch
-        batches = [collate([dataset[i] for i in range(s, s + args.batch)]) for s in range(0, n, args.batch)]
+        order = torch.randperm(len(dataset)).tolist()  # shuffled as in training: both tables in every batch
+        batches = [collate([dataset[i] for i in order[s:s + args.batch]]) for s in range(0, n, args.batch)]
         classes, anatomies, multi = dataset_names(dataset)
         sup = SupervisionOptions(**recipe["supervision"])
 

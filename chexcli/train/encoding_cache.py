@@ -3,12 +3,12 @@
 When no parameter of the image tower is trained and none of its stochastic layers
 (dropout, batch norm) is in training mode, the tower maps an image to the same
 encoding at every update, so encoding it again in every epoch is wasted work: with
-the demo's frozen convolutional tower it is a third of a stage-1 update on a CPU.
+the demo's frozen convolutional tower it is a quarter of a stage-1 update on a CPU.
 
 `FrozenEncodingCache` keys the encodings by a digest of the preprocessed image
 tensor itself, not by sample id, so it cannot return a stale encoding: an augmented
 image is a new key (a miss, and then a new entry until the memory cap is reached).
-The trainer only builds one for runs without augmentation.
+The trainer builds one only with `run.cache_frozen_encodings: true` and no augmentation.
 """
 
 from __future__ import annotations
