@@ -138,8 +138,10 @@ def random_stage1_model(data_dir: Path, model_config: str):
     from chexcli.train.data_setup import text_corpus
     from chexcli.train.model_setup import build_model
 
+    def corpus() -> list[str]:
+        return text_corpus(ChexDataset(data_dir, "mimiccxr_reports_cig_multiboxclssent", split="train"))
+
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = lambda: text_corpus(ChexDataset(data_dir, "mimiccxr_reports_cig_multiboxclssent", split="train"))  # noqa: E731
         return build_model("1", None, None, model_config, corpus, Path(tmp), warn=lambda _: None)
 
 

@@ -141,10 +141,12 @@ class ChexConfig:
             if w is not None and w % h:
                 raise ValueError(f"{prefix}.{width} ({w}) is not divisible by {prefix}.{heads} ({h})")
         if self.vision.kind not in VISION_KINDS:
-            raise ValueError(f"{prefix}.vision.kind must be one of {', '.join(VISION_KINDS)} (got {self.vision.kind!r})")
+            raise ValueError(f"{prefix}.vision.kind must be one of {', '.join(VISION_KINDS)} "
+                             f"(got {self.vision.kind!r})")
         patch = self.vision.patch_size
         if self.vision.kind == "cnn" and (patch < 2 or patch & (patch - 1)):
-            raise ValueError(f"{prefix}.vision.patch_size of a cnn image tower must be a power of two >= 2 (got {patch})")
+            raise ValueError(f"{prefix}.vision.patch_size of a cnn image tower must be a power of two >= 2 "
+                             f"(got {patch})")
         if self.vision.image_size % self.vision.patch_size:
             raise ValueError(f"{prefix}.vision.image_size ({self.vision.image_size}) is not a multiple of "
                              f"{prefix}.vision.patch_size ({self.vision.patch_size})")

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from chexcli.model.detector import ImageEncoding
 from chexcli.model.layers import DropPath
 
+
 def _stochastic_in_training(m: nn.Module) -> bool:
     """Batch norm, or a dropout / drop-path layer or attention with a non-zero rate."""
     if isinstance(m, nn.modules.batchnorm._BatchNorm):

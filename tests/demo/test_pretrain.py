@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from chexcli.demo.pretrain import cell_coverage, cell_targets, load_training_targets, pretrain_bundle, pretrain_image_tower
+from chexcli.demo.pretrain import (cell_coverage, cell_targets, load_training_targets, pretrain_bundle,
+                                   pretrain_image_tower)
 from chexcli.model.bundle import load_bundle, read_bundle_config
 
 
