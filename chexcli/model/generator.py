@@ -27,6 +27,17 @@ class Generated:
     ended_with_eos: bool
 
 
+def teacher_forcing_positions(token_mask: Tensor, offset: int) -> Tensor:
+    """Position ids of right-padded targets: token_mask (M, L) -> (M, L).
+
+    Real tokens count from `offset`; padding positions get `offset + 1`, as the reference's
+    teacher forcing sets them (they are only scored when the padding is, see
+    chexcli.train.losses.generation_loss).
+    """
+    positions = token_mask.long().cumsum(dim=1) - 1
+    return positions.masked_fill(~token_mask.bool(), 1) + offset
+
+
 class SentenceGenerator(nn.Module):
     def __init__(self, cfg: GeneratorConfig, d_model: int, dropout: float = 0.3):
         super().__init__()
@@ -46,9 +57,9 @@ class SentenceGenerator(nn.Module):
 
     def teacher_forcing_logits(self, features: Tensor, ids: Tensor, token_mask: Tensor) -> Tensor:
         """Training: features (M, d), target ids (M, L) starting with the start token, token_mask (M, L)
-        -> next-token logits (M, L, V). Positions count real tokens from `position_offset`."""
+        -> next-token logits (M, L, V). Positions: `teacher_forcing_positions`."""
         keys, values = self.prefix(features)
-        positions = (token_mask.long().cumsum(dim=1) - 1).clamp(min=0) + self.cfg.position_offset
+        positions = teacher_forcing_positions(token_mask, self.cfg.position_offset)
         lm = self.language_model
         return lm.logits(lm.hidden_states_with_prefix(ids, positions, keys, values, token_mask))
 

@@ -102,6 +102,7 @@ class TxtgenObjective(nn.Module):
 
     def _loss(self, feats: Tensor, texts: list[str]) -> Tensor:
         """Prefix of R copies (copy-major) -> teacher-forced cross-entropy."""
+        from chexcli.model.generator import teacher_forcing_positions
         from chexcli.train.generation import encode_targets
         from chexcli.train.losses import generation_loss
 
@@ -115,7 +116,7 @@ class TxtgenObjective(nn.Module):
         ids, mask = encode_targets(self.model.gpt2_tokenizer, texts, cfg.bos_token_id, cfg.eos_token_id,
                                    cfg.pad_token_id, cfg.max_length, self.keep_end_token)
         ids, mask = ids.to(feats.device), mask.to(feats.device)
-        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0) + cfg.position_offset
+        positions = teacher_forcing_positions(mask, cfg.position_offset)
         lm = gen.language_model
         logits = lm.logits(lm.hidden_states_with_prefix(ids, positions, keys, values, mask))
         return generation_loss(logits, ids, mask, include_padding=self.include_padding)

@@ -201,8 +201,9 @@ def anatomy_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, o
         out = _detect(model, sub, queries, None, opt.use_post_decoder)
         feats = out.box_features[:, : anat_idx.numel()]
     else:
-        region_mask = present[sample_idx][:, anat_idx]
-        feats = model.detector.encode_regions(sub, boxes[sample_idx][:, anat_idx], region_mask)
+        # absent anatomies keep their zero target box: the reference encodes it like any box (its
+        # features reach the anatomy MSE, which ignores the present mask)
+        feats = model.detector.encode_regions(sub, boxes[sample_idx][:, anat_idx])
         if opt.use_post_decoder and model.post_decoder is not None:
             feats = model.post_decoder.refine_regions(feats, sub, None)
         out = None
