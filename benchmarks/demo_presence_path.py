@@ -187,7 +187,7 @@ def main() -> None:
             enc = model.encode_image(batch["x"])
             loss = enc.patch_features.sum() * 0.0
             if weights.pathology_classification or weights.pathology_detection:
-                loss = loss + pathology_supervisor(model, enc, batch, weights, options, pos, neg)[0]
+                loss = loss + pathology_supervisor(model, enc, batch, weights, options, pos, neg).weighted_sum()
             if args.objective == "linear":
                 det = model.detect_prompts(enc, pos.embed(model, False), use_post_decoder=False, skip_roi_pool=None,
                                            clip_boxes=False)

@@ -40,6 +40,9 @@ def train(
     out: Path = typer.Option(Path("runs/train"), "--out", help="folder of the run folders"),
     name: Optional[str] = typer.Option(None, "--name", help="run folder name (default: stage1, txtgen, ...)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding recipe fields"),
+    profile: Optional[str] = typer.Option(None, "--profile",
+                                          help="default, or reference: the reference's training behaviour "
+                                               "(docs/training.md, Profiles)"),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="override one recipe field: key=value (repeatable)"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="optimizer updates to run"),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1,
@@ -88,7 +91,8 @@ def train(
     from chexcli.train.trainer import train as run_training
 
     opts = TrainOptions(stage=stage or "", data=list(data or []), init=init, init_generator=init_generator,
-                        model_config=model_config, out=out, name=name, config=config, sets=list(sets or []),
+                        model_config=model_config, out=out, name=name, config=config, profile=profile,
+                        sets=list(sets or []),
                         max_steps=max_steps, checkpoint_every=checkpoint_every, val_every=val_every,
                         batch_size=batch_size, device=device, seed=seed, resume=resume, compile=compile,
                         progress=not no_progress)

@@ -78,10 +78,12 @@ class TokenDetector(nn.Module):
         self.beta = cfg.detector.soft_roi_beta
         self.skip_roi_pool_prob = 0.25
         hidden = cfg.detector.predictor_hidden_dim or d
-        self.multiregion_tokens = nn.Parameter(0.02 * torch.randn(r, d))
-        self.multiregion_weight_mlp = MLP(d, 1, 2, hidden=hidden)
+        self.multiregion_tokens = nn.Parameter(torch.randn(r, d) / d ** 0.5)
+        # the two heads whose outputs are probabilities / box coordinates have no dropout after
+        # their last layer (the reference's layout; dropout there would perturb training boxes)
+        self.multiregion_weight_mlp = MLP(d, 1, 2, hidden=hidden, dropout_last=False)
         self.decoder = _Decoder(cfg)
-        self.bbox_predictor = nn.Sequential(nn.LayerNorm(d), MLP(d, 4, 2, hidden=hidden))
+        self.bbox_predictor = nn.Sequential(nn.LayerNorm(d), MLP(d, 4, 2, hidden=hidden, dropout_last=False))
         self.patch_projector = nn.Sequential(nn.LayerNorm(d), MLP(d, d, 1))
         self.skip_con_dropout = Dropout(0.3)
         self.out_projector = nn.Sequential(

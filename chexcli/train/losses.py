@@ -13,7 +13,9 @@ from torch import Tensor
 from chexcli.model.box_ops import cxcywh_to_xyxy
 from chexcli.train.matcher import batched_balanced_match
 
-L1_COEFF, GIOU_COEFF = 5.0, 2.0
+L1_COEFF, GIOU_COEFF = 5.0, 2.0  # box regression: 5 L1 + 2 (1 - GIoU), in losses and matching costs
+WEIGHTS_COEFF = 3.0  # pathology detection: box_loss + 3 x weights_loss; 3 x (1 - weight) in matching costs
+CLS_COST_COEFF = 1.0  # pathology matching cost: 1 x (1 - class probability)
 
 
 # ------------------------------------------------------------------------------------------ boxes
@@ -62,7 +64,7 @@ def multi_box_loss(pred: Tensor, weights: Tensor, target: Tensor, target_mask: T
     n, g, r, _ = pred.shape
     k = target.shape[2]
     pair = box_cost(pred, target)  # (N, G, R, K)
-    cost = pair + 3.0 * (1.0 - weights)[..., None]
+    cost = pair + WEIGHTS_COEFF * (1.0 - weights)[..., None]
     _, assign = batched_balanced_match(cost.reshape(n * g, r, k), target_mask.reshape(n * g, k))
     assign = assign.view(n, g, r, k).to(pair.dtype)
     has = target_mask.bool().any(dim=-1)  # (N, G)
@@ -105,7 +107,7 @@ def pathology_detection_loss(pred_boxes: Tensor, weights: Tensor, cls_prob: Tens
     m = target.shape[2]
     cmask = class_mask.bool()
     pair = box_cost(pred_boxes, target)  # (N, C, R, M)
-    cost = pair + 1.0 * (1.0 - cls_prob)[..., None] + 3.0 * (1.0 - weights)[..., None]
+    cost = pair + CLS_COST_COEFF * (1.0 - cls_prob)[..., None] + WEIGHTS_COEFF * (1.0 - weights)[..., None]
     matched, assign = batched_balanced_match(cost.reshape(n * c, r, m), target_mask.reshape(n * c, m),
                                              cheapest_matched)
     matched = matched.view(n, c, r)
@@ -120,7 +122,7 @@ def pathology_detection_loss(pred_boxes: Tensor, weights: Tensor, cls_prob: Tens
     alpha = (n_all - n_pos + 1) / (n_all + 2)  # = w_pos / (w_pos + w_neg)
     focal = binary_focal_loss(weights, matched, alpha).mean(dim=-1)  # (N, C)
     weights_loss = ((focal * cmask).sum(dim=1) / denom).mean()
-    return {"box_loss": box_loss, "weights_loss": weights_loss, "total": box_loss + 3.0 * weights_loss}
+    return {"box_loss": box_loss, "weights_loss": weights_loss, "total": box_loss + WEIGHTS_COEFF * weights_loss}
 
 
 # ------------------------------------------------------------------------------------------ contrastive

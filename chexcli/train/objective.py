@@ -9,14 +9,15 @@ sentences from their frozen text embeddings (TRAINING.md §8).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chexcli.data.names import multibox_mapping
 from chexcli.train.encoding_cache import FrozenEncodingCache, is_frozen
 from chexcli.train.generation import sentence_generation_loss
 from chexcli.train.prompts import anatomy_bank, pathology_banks
-from chexcli.train.supervisors import (LossWeights, SupervisionOptions, anatomy_supervisor, pathology_supervisor,
-                                       sentence_supervisor)
+from chexcli.train.supervisors import (LossTerms, LossWeights, SupervisionOptions, anatomy_supervisor,
+                                       pathology_supervisor, sentence_supervisor)
 
 
 class ChexObjective(nn.Module):
@@ -43,7 +44,8 @@ class ChexObjective(nn.Module):
         banks = [self.anatomy, self.multi, self.pos, self.neg]
         return [s for b in banks if b is not None for s in b.all_strings()]
 
-    def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+    def loss_terms(self, batch: dict) -> tuple[LossTerms, Tensor]:
+        """Every loss term of the batch, and a zero scalar tied to the image encoding (the total's start)."""
         w, opt = self.weights, self.options
         for bank in (self.anatomy, self.multi, self.pos, self.neg):
             if bank is not None:
@@ -52,32 +54,40 @@ class ChexObjective(nn.Module):
             enc = self.encodings.encode(self.model, batch["x"])
         else:
             enc = self.model.encode_image(batch["x"].to(self.model.device, non_blocking=True))
-        total = enc.patch_features.sum() * 0.0
-        metrics: dict[str, float] = {}
+        terms = LossTerms()
         if w.global_contrastive or w.sentence_contrastive or w.sentence_mse or w.sentence_generation:
-            loss, m = sentence_supervisor(self.model, enc, batch, w, opt)
-            total, metrics = total + loss, {**metrics, **m}
+            terms.update(sentence_supervisor(self.model, enc, batch, w, opt))
         if w.anatomy_detection or w.anatomy_classification or w.anatomy_mse or w.anatomy_generation:
-            loss, m = anatomy_supervisor(self.model, enc, batch, w, opt, self.anatomy, self.multi, self.pos,
-                                         self.neg)
-            total, metrics = total + loss, {**metrics, **m}
+            terms.update(anatomy_supervisor(self.model, enc, batch, w, opt, self.anatomy, self.multi, self.pos,
+                                            self.neg))
         if (w.pathology_detection or w.pathology_classification) and self.pos is not None:
-            loss, m = pathology_supervisor(self.model, enc, batch, w, opt, self.pos, self.neg)
-            total, metrics = total + loss, {**metrics, **m}
-        metrics["loss"] = float(total.detach())
-        return total, metrics
+            terms.update(pathology_supervisor(self.model, enc, batch, w, opt, self.pos, self.neg))
+        return terms, enc.patch_features.sum() * 0.0
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        terms, zero = self.loss_terms(batch)
+        total = terms.weighted_sum()
+        total = zero if total is None else zero + total
+        terms.note("loss", total)
+        return total, terms.metrics()
 
 
 class TxtgenObjective(nn.Module):
     """Sentence-generator pretraining on report text (images are not used)."""
 
     def __init__(self, model, max_sentences: int = 64, copies: tuple[int, int] = (1, 4), dropout: float = 0.3,
-                 include_padding: bool = False, keep_end_token: bool = True):
+                 include_padding: bool = False, keep_end_token: bool = True, prefix_activation: str = "gelu"):
         super().__init__()
         self.model = model
+        if prefix_activation == "relu":
+            # the reference's txtgen builds its prefix MLP with ReLU; stage 3 then runs the same
+            # weights with GELU (quirk 8). The weights are saved alone, so a bundle reloads with GELU.
+            model.txt_decoder.prefix_proj.layers[1] = nn.ReLU()
+        elif prefix_activation != "gelu":
+            raise ValueError(f"prefix_activation must be gelu or relu, got {prefix_activation!r}")
         self.max_sentences = max_sentences
         self.copies = copies
-        self.dropout = nn.Dropout(dropout)
+        self.copy_dropout = float(dropout)  # on in training only, like the model's own dropout
         self.include_padding = include_padding
         self.keep_end_token = keep_end_token
 
@@ -85,10 +95,13 @@ class TxtgenObjective(nn.Module):
         return []
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        # training decodes the first `max_sentences` sentences of the reports in order;
+        # validation (eval mode) all of them, as the reference does
+        limit = self.max_sentences if self.model.training else None
         sentences: list[str] = []
         for report in batch.get("sentences") or []:
             for s in report or []:
-                if len(sentences) < self.max_sentences:
+                if limit is None or len(sentences) < limit:
                     sentences.append(s)
         device = self.model.device
         if not sentences:
@@ -96,7 +109,8 @@ class TxtgenObjective(nn.Module):
             return zero, {"loss": 0.0}
         emb = self.model.encode_sentences(sentences).to(device)  # (M, d), frozen text encoder
         r = int(torch.randint(self.copies[0], self.copies[1] + 1, ()))
-        feats = self.dropout(emb[:, None].expand(-1, r, -1))  # (M, R, d): R noisy copies
+        copies = emb[:, None].expand(-1, r, -1)
+        feats = F.dropout(copies, self.copy_dropout, training=self.model.training)  # (M, R, d): R noisy copies
         loss = self._loss(feats, sentences)
         return loss, {"txtgen_loss": float(loss.detach()), "loss": float(loss.detach())}
 

@@ -21,6 +21,8 @@ from chexcli.errors import ChexError
 SAMPLING_MODES = ("uniform", "balanced")  # supervision.generation_sampling (chexcli.train.generation)
 
 STAGES = ("1", "2", "txtgen", "3")
+PROFILES = ("default", "reference")  # chexcli/configs/train/profiles/<name>.yaml; default: the recipe as packaged
+PREFIX_ACTIVATIONS = ("gelu", "relu")  # txtgen.prefix_activation
 
 
 def load_recipe(stage: str) -> dict[str, Any]:
@@ -32,9 +34,30 @@ def load_recipe(stage: str) -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def load_profile(name: str) -> dict[str, Any]:
+    """The recipe changes of a profile (`chex train --profile NAME`); `default` changes nothing."""
+    if name not in PROFILES:
+        raise ChexError(f"--profile {name!r}: choose one of {', '.join(PROFILES)}")
+    if name == "default":
+        return {}
+    text = resources.files("chexcli").joinpath("configs", "train", "profiles", f"{name}.yaml").read_text("utf-8")
+    return yaml.safe_load(text) or {}
+
+
+def _apply_profile(recipe: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Set the profile's keys that this stage's recipe has (a profile spans every stage)."""
+    for section, values in changes.items():
+        if section in recipe and isinstance(recipe[section], dict):
+            for key, value in values.items():
+                if key in recipe[section]:
+                    recipe[section][key] = value
+
+
 def _merge(base: dict[str, Any], changes: dict[str, Any], where: str, path: str = "") -> None:
     for key, value in changes.items():
         full = f"{path}{key}"
+        if full == "profile":
+            raise ChexError(f"{where}: the profile is chosen with --profile NAME ({', '.join(PROFILES)})")
         if key not in base:
             known = ", ".join(f"{path}{k}" for k in base)
             raise ChexError(f"{where}: unknown recipe key {full!r}; known keys here: {known}")
@@ -79,9 +102,15 @@ def _parse_value(raw: str) -> Any:
 
 
 def resolve_recipe(stage: str, config_file: str | Path | None = None, sets: list[str] | None = None,
-                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Packaged recipe <- config file <- --set items <- explicit CLI options (in that order)."""
+                   overrides: dict[str, Any] | None = None, profile: str | None = None) -> dict[str, Any]:
+    """Packaged recipe <- profile <- config file <- --set items <- explicit CLI options (in that order).
+
+    The resolved recipe names its profile (`profile: default|reference`).
+    """
     recipe = copy.deepcopy(load_recipe(stage))
+    profile = profile or "default"
+    _apply_profile(recipe, load_profile(profile))
+    recipe["profile"] = profile
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
@@ -93,6 +122,7 @@ def resolve_recipe(stage: str, config_file: str | Path | None = None, sets: list
         if not isinstance(changes, dict):
             raise ChexError(f"--config {path} must be a mapping of recipe sections, e.g. 'optim: {{lr: 3e-4}}'")
         changes.pop("stage", None)
+        changes.pop("profile", None)
         _merge(recipe, changes, str(path))
     for item in sets or []:
         _merge(recipe, parse_set(item), f"--set {item}")
@@ -154,6 +184,14 @@ def check_recipe(recipe: dict[str, Any]) -> None:
     skip = recipe.get("model", {}).get("skip_roi_pool_prob", 0.25)
     if not isinstance(skip, (int, float)) or isinstance(skip, bool) or not 0 <= skip <= 1:
         raise ChexError(f"recipe model.skip_roi_pool_prob must be a number in [0, 1], got {skip!r}")
+    lag = recipe["optim"].get("schedule_lag", 0)
+    if not isinstance(lag, int) or isinstance(lag, bool) or lag < 0:
+        raise ChexError(f"recipe optim.schedule_lag must be a non-negative integer, got {lag!r}")
+    if not isinstance(recipe["optim"].get("fused", True), bool):
+        raise ChexError(f"recipe optim.fused must be true or false, got {recipe['optim']['fused']!r}")
+    act = recipe.get("txtgen", {}).get("prefix_activation", "gelu")
+    if act not in PREFIX_ACTIVATIONS:
+        raise ChexError(f"recipe txtgen.prefix_activation must be {' or '.join(PREFIX_ACTIVATIONS)}, got {act!r}")
     sampling = recipe.get("supervision", {}).get("generation_sampling", "uniform")
     if sampling not in SAMPLING_MODES:
         raise ChexError(f"recipe supervision.generation_sampling must be {' or '.join(SAMPLING_MODES)}, "

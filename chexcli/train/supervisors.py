@@ -17,9 +17,10 @@ from torch import Tensor
 
 from chexcli.model.detector import ImageEncoding
 from chexcli.train.generation import sentence_generation_loss
-from chexcli.train.losses import (anatomy_classification_loss, expected_count_subsample, global_contrastive_loss,
-                                  masked_mse_loss, multi_box_loss, pathology_classification_loss,
-                                  pathology_detection_loss, sentence_region_contrastive_loss, single_box_loss)
+from chexcli.train.losses import (WEIGHTS_COEFF, anatomy_classification_loss, expected_count_subsample,
+                                  global_contrastive_loss, masked_mse_loss, multi_box_loss,
+                                  pathology_classification_loss, pathology_detection_loss,
+                                  sentence_region_contrastive_loss, single_box_loss)
 from chexcli.train.prompts import PromptBank
 
 
@@ -61,6 +62,58 @@ class SupervisionOptions:
     generation_sampling: str = "uniform"  # uniform (reference) | balanced (each distinct target text equally)
 
 
+class LossTerms:
+    """The loss terms of one training forward: the total is the sum of `coeff x value` over them.
+
+    `add(name, coeff, value)` records a term of the total; `note(name, value)` a derived sub-loss
+    that is reported beside the terms but not added (e.g. `l_anat/anat_single`). Names follow
+    TRAINING.md §10.4; values are unweighted scalars. `weighted` keeps each term's `coeff x value`
+    tensor (per-term gradients in the parity test); `metrics()` turns the values into floats with
+    one device synchronisation.
+    """
+
+    def __init__(self):
+        self.weighted: dict[str, Tensor] = {}
+        self.coeffs: dict[str, float] = {}
+        self._values: dict[str, Tensor] = {}
+        self._floats: dict[str, float] = {}
+
+    def add(self, name: str, coeff: float, value: Tensor) -> None:
+        self.weighted[name] = coeff * value
+        self.coeffs[name] = coeff
+        self._values[name] = value.detach()
+
+    def note(self, name: str, value: Tensor | float) -> None:
+        if isinstance(value, Tensor):
+            self._values[name] = value.detach()
+        else:
+            self._floats[name] = float(value)
+
+    def update(self, other: "LossTerms") -> None:
+        self.weighted.update(other.weighted)
+        self.coeffs.update(other.coeffs)
+        self._values.update(other._values)
+        self._floats.update(other._floats)
+
+    def weighted_sum(self, names: list[str] | None = None) -> Tensor | None:
+        """Sum of `coeff x value` over `names` (default: every term); None without any."""
+        parts = [t for n, t in self.weighted.items() if names is None or n in names]
+        if not parts:
+            return None
+        total = parts[0]
+        for t in parts[1:]:
+            total = total + t
+        return total
+
+    def metrics(self) -> dict[str, float]:
+        out = dict(self._floats)
+        if self._values:
+            names = list(self._values)
+            values = torch.stack([self._values[n].float().reshape(()) for n in names]).tolist()
+            out.update(zip(names, values))
+        return out
+
+
 def _zero(ref: Tensor) -> Tensor:
     return ref.sum() * 0.0
 
@@ -79,15 +132,15 @@ def _detect(model, enc: ImageEncoding, queries: Tensor, mask: Tensor | None, pos
 
 
 # ------------------------------------------------------------------------------------------ sentences
-def sentence_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, opt: SupervisionOptions):
+def sentence_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, opt: SupervisionOptions) -> LossTerms:
     """Report sentences as queries: global and sentence<->region contrastive, MSE and generation."""
     device = enc.patch_features.device
     sentences = batch.get("sentences") or []
     has = batch.get("has_sentences")
     keep = [i for i, s in enumerate(sentences) if s and (has is None or bool(has[i]))]
-    metrics: dict[str, float] = {}
+    terms = LossTerms()
     if not keep:
-        return _zero(enc.patch_features), metrics
+        return terms
     texts = [sentences[i] for i in keep]
     s_max = max(len(t) for t in texts)
     flat = [s for t in texts for s in t]
@@ -104,29 +157,23 @@ def sentence_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, 
     out = _detect(model, sub, padded, mask, opt.use_post_decoder)
     regions = out.box_features  # (N', S, d)
 
-    total = _zero(regions)
     if w.global_contrastive:
         img = sub.patch_features.flatten(1, 2).mean(dim=1)
         txt = (padded * mask[..., None]).sum(dim=1) / (mask.sum(dim=1, keepdim=True) + 1e-7)
-        loss = global_contrastive_loss(img, txt, tau=opt.global_tau)
-        metrics["l_sent/global_contr"] = float(loss.detach())
-        total = total + w.global_contrastive * loss
+        terms.add("l_sent/global_contr", w.global_contrastive, global_contrastive_loss(img, txt, tau=opt.global_tau))
     if w.sentence_contrastive:
-        loss = sentence_region_contrastive_loss(padded, regions, mask, tau=opt.sentence_tau)
-        metrics["l_sent/sent_contr"] = float(loss.detach())
-        total = total + w.sentence_contrastive * loss
+        terms.add("l_sent/sent_contr", w.sentence_contrastive,
+                  sentence_region_contrastive_loss(padded, regions, mask, tau=opt.sentence_tau))
     if w.sentence_mse:
-        loss = masked_mse_loss(padded, regions, mask)
-        metrics["l_sent/sent_mse"] = float(loss.detach())
-        total = total + w.sentence_mse * loss
+        terms.add("l_sent/sent_mse", w.sentence_mse, masked_mse_loss(padded, regions, mask))
     if w.sentence_generation:
         loss = sentence_generation_loss(model, regions[mask], flat, opt.max_generated_sentences,
                                         opt.generation_include_padding, opt.generation_keep_end_token,
                                         opt.generation_sampling)
-        metrics["l_sent/sent_gen"] = float(loss.detach())
-        total = total + w.sentence_generation * loss
-    metrics["l_sent/total_sent"] = float(total.detach())
-    return total, metrics
+        terms.add("l_sent/sent_gen", w.sentence_generation, loss)
+    total = terms.weighted_sum()
+    terms.note("l_sent/total_sent", total if total is not None else 0.0)
+    return terms
 
 
 # ------------------------------------------------------------------------------------------ anatomy
@@ -152,50 +199,64 @@ def _anatomy_phrase_targets(model, phrases: list[list[list[str]]], samples: list
 
 def anatomy_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, opt: SupervisionOptions,
                        anatomy: PromptBank, multi: PromptBank | None, pos: PromptBank | None,
-                       neg: PromptBank | None):
-    """Anatomy prompts as queries: box detection (stage 1), region classification, phrase MSE and generation."""
+                       neg: PromptBank | None) -> LossTerms:
+    """Anatomy prompts as queries: box detection (stage 1), region classification, phrase MSE and generation.
+
+    Which samples and anatomies enter each loss follows the reference (TRAINING.md §7.2): detection
+    uses the samples with a box of a selected anatomy; classification the samples with a label;
+    MSE and generation the selected anatomies of samples with boxes that have phrases (the MSE
+    scores every anatomy with a phrase, present or not; generation only present ones).
+    """
     device = enc.patch_features.device
-    metrics: dict[str, float] = {}
+    terms = LossTerms()
     boxes = batch.get("target_anat_boxes")
     if boxes is None or len(anatomy.names) == 0:
-        return _zero(enc.patch_features), metrics
+        return terms
     boxes = boxes.to(device)
     n, a = boxes.shape[:2]
     present = batch["target_anat_present_masks"].to(device).bool()
     has_boxes = _flag(batch, "has_anatomy_bboxes", (n, a), device)
     selected = expected_count_subsample(has_boxes.any(dim=0), opt.anatomy_box_subsample)  # (A)
-    samples_with_boxes = has_boxes[:, selected].any(dim=1)  # (N)
 
     mode = opt.anatomy_region_mode
     if mode == "random":
         mode = "token" if bool(torch.rand(()) < 0.5) else "bbox"
-    use_multi = (mode == "token" and opt.use_multiboxes and multi is not None and w.anatomy_detection > 0
+    use_multi = (mode == "token" and opt.use_multiboxes and multi is not None
                  and batch.get("target_anat_multiboxes") is not None)
-    multi_sel = torch.zeros(0, dtype=torch.bool, device=device)
     if use_multi:
-        g = batch["target_anat_multiboxes"].shape[1]
-        multi_sel = _flag(batch, "has_anatomy_multiboxes", (n, g), device).any(dim=0)
+        has_multi = _flag(batch, "has_anatomy_multiboxes", tuple(batch["target_anat_multiboxes"].shape[:2]), device)
+    else:
+        has_multi = torch.zeros(n, 0, dtype=torch.bool, device=device)
+    multi_sel = has_multi.any(dim=0)  # (G) multi-box anatomies are never subsampled
+    samples_with_boxes = (has_boxes & selected).any(dim=1) | (has_multi & multi_sel).any(dim=1)  # (N)
 
-    classify = w.anatomy_classification > 0 and batch.get("target_anat_cls_labels") is not None and pos is not None
     relevant = selected.clone()
     relevant_samples = samples_with_boxes.clone()
+    classify = w.anatomy_classification > 0 and batch.get("target_anat_cls_labels") is not None and pos is not None
     if classify:
         labels = batch["target_anat_cls_labels"].to(device)
         has_labels = _flag(batch, "has_anatomy_class_labels", tuple(labels.shape), device)
-        label_anat = has_labels.any(dim=2).any(dim=0)
-        label_cls = has_labels.any(dim=1).any(dim=0)
+        label_anat = has_labels.any(dim=2).any(dim=0)  # (A)
+        label_cls = has_labels.any(dim=1).any(dim=0)  # (C)
+        samples_with_labels = has_labels.any(dim=2).any(dim=1)  # (N)
         relevant |= label_anat
-        relevant_samples |= has_labels.any(dim=2).any(dim=1)
+        relevant_samples |= samples_with_labels
+    phrases = batch.get("target_anat_sentences")
+    describe = bool(w.anatomy_mse or w.anatomy_generation) and phrases is not None
+    if describe:
+        has_text = _flag(batch, "has_anatomy_sentences", (n, a), device) & selected & samples_with_boxes[:, None]
+        text_rows, text_cols = has_text.any(dim=1), has_text.any(dim=0)
     sample_idx = relevant_samples.nonzero().squeeze(1)
     anat_idx = relevant.nonzero().squeeze(1)
     if sample_idx.numel() == 0 or anat_idx.numel() == 0:
-        return _zero(enc.patch_features), metrics
+        return terms
     sub = enc.select(sample_idx)
 
-    # region features of the relevant anatomies (and the multi-box anatomies in token mode)
+    # region features (N', A', d) of the relevant anatomies (and the multi-box anatomies in token mode)
+    out = None
     if mode == "token":
         queries = anatomy.embed(model, opt.randomize_prompts)[anat_idx.cpu()].to(device)
-        if use_multi and bool(multi_sel.any()):
+        if bool(multi_sel.any()):
             mq = multi.embed(model, opt.randomize_prompts)[multi_sel.cpu()].to(device)
             queries = torch.cat([queries, mq], dim=0)
         out = _detect(model, sub, queries, None, opt.use_post_decoder)
@@ -206,85 +267,77 @@ def anatomy_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, o
         feats = model.detector.encode_regions(sub, boxes[sample_idx][:, anat_idx])
         if opt.use_post_decoder and model.post_decoder is not None:
             feats = model.post_decoder.refine_regions(feats, sub, None)
-        out = None
 
-    pos_in_relevant = torch.full((a,), -1, dtype=torch.long, device=device)
-    pos_in_relevant[anat_idx] = torch.arange(anat_idx.numel(), device=device)
-    sel_cols = pos_in_relevant[selected]  # columns of the selected anatomies in `feats`
-    sel_rows = samples_with_boxes[sample_idx]  # rows of samples with boxes
-    total = _zero(feats)
+    row_of = torch.full((n,), -1, dtype=torch.long, device=device)  # sample -> row of `feats`
+    row_of[sample_idx] = torch.arange(sample_idx.numel(), device=device)
+    col_of = torch.full((a,), -1, dtype=torch.long, device=device)  # anatomy -> column of `feats`
+    col_of[anat_idx] = torch.arange(anat_idx.numel(), device=device)
 
     if w.anatomy_detection and out is not None:
-        t_boxes = boxes[sample_idx][:, selected]
-        t_present = (present & has_boxes)[sample_idx][:, selected] & sel_rows[:, None]
-        s_sum, s_count = single_box_loss(out.multiboxes[:, sel_cols], t_boxes, t_present)
+        rows = row_of[samples_with_boxes]
+        t_boxes = boxes[samples_with_boxes][:, selected]
+        t_present = (present & has_boxes)[samples_with_boxes][:, selected]
+        s_sum, s_count = single_box_loss(out.multiboxes[rows][:, col_of[selected]], t_boxes, t_present)
         m_sum, m_count = _zero(feats), 0
-        if use_multi and bool(multi_sel.any()):
+        if bool(multi_sel.any()):
             q_a = anat_idx.numel()
-            mb = batch["target_anat_multiboxes"].to(device)[sample_idx][:, multi_sel]
-            mm = batch["target_anat_multiboxes_masks"].to(device).bool()[sample_idx][:, multi_sel]
-            has_mb = _flag(batch, "has_anatomy_multiboxes", (n, multi_sel.numel()), device)[sample_idx][:, multi_sel]
-            mm = mm & has_mb[..., None]
-            m_sum, m_count = multi_box_loss(out.multiboxes[:, q_a:], out.multiboxes_weights[:, q_a:], mb, mm)
-        loss = (s_sum + m_sum) / max(1, s_count + m_count)
-        metrics["l_anat/anat_single"] = float(s_sum.detach()) / max(1, s_count)
-        metrics["l_anat/anat_multi"] = float(m_sum.detach()) / max(1, m_count)
-        metrics["l_anat/anat_det"] = float(loss.detach())
-        total = total + w.anatomy_detection * loss
+            mb = batch["target_anat_multiboxes"].to(device)[samples_with_boxes][:, multi_sel]
+            mm = batch["target_anat_multiboxes_masks"].to(device).bool()[samples_with_boxes][:, multi_sel]
+            mm = mm & has_multi[samples_with_boxes][:, multi_sel][..., None]
+            m_sum, m_count = multi_box_loss(out.multiboxes[rows][:, q_a:], out.multiboxes_weights[rows][:, q_a:],
+                                            mb, mm)
+        terms.add("l_anat/anat_det", w.anatomy_detection, (s_sum + m_sum) / max(1, s_count + m_count))
+        terms.note("l_anat/anat_single", s_sum / max(1, s_count))
+        terms.note("l_anat/anat_multi", m_sum / max(1, m_count))
 
     if classify:
         cls_idx = label_cls.nonzero().squeeze(1)
-        cols = pos_in_relevant[label_anat]
-        f = feats[:, cols]
-        lab = labels[sample_idx][:, label_anat][:, :, cls_idx]
-        valid = (has_labels[sample_idx][:, label_anat][:, :, cls_idx]
-                 & present[sample_idx][:, label_anat][:, :, None])
+        f = feats[row_of[samples_with_labels]][:, col_of[label_anat]]
+        lab = labels[samples_with_labels][:, label_anat][:, :, cls_idx]
+        valid = (has_labels[samples_with_labels][:, label_anat][:, :, cls_idx]
+                 & present[samples_with_labels][:, label_anat][:, :, None])
         p = pos.embed(model, opt.randomize_prompts)[cls_idx.cpu()].to(device)
         q = neg.embed(model, opt.randomize_prompts)[cls_idx.cpu()].to(device)
-        loss = anatomy_classification_loss(f, p, q, lab, valid, tau=opt.anatomy_cls_tau,
-                                           n_negatives=opt.anatomy_cls_negatives)
-        metrics["l_anat/anat_cls"] = float(loss.detach())
-        total = total + w.anatomy_classification * loss
+        terms.add("l_anat/anat_cls", w.anatomy_classification,
+                  anatomy_classification_loss(f, p, q, lab, valid, tau=opt.anatomy_cls_tau,
+                                              n_negatives=opt.anatomy_cls_negatives))
 
-    if w.anatomy_mse or w.anatomy_generation:
-        phrases = batch.get("target_anat_sentences")
-        has_phr = _flag(batch, "has_anatomy_sentences", (n, a), device)
-        rows = sample_idx[sel_rows]
-        f = feats[sel_rows][:, sel_cols]  # (N'', A_sel, d)
-        sel_list = selected.nonzero().squeeze(1).tolist()
-        target, tmask = _anatomy_phrase_targets(model, phrases, rows.tolist(), sel_list, device)
-        tmask = tmask & has_phr[rows][:, selected]
+    if describe:
+        f = feats[row_of[text_rows]][:, col_of[text_cols]]  # (N'', A'', d)
+        row_list = text_rows.nonzero().squeeze(1).tolist()
+        col_list = text_cols.nonzero().squeeze(1).tolist()
+        target, has_phrase = _anatomy_phrase_targets(model, phrases, row_list, col_list, device)
         if w.anatomy_mse:
-            loss = masked_mse_loss(target, f, tmask)
-            metrics["l_anat/sent_mse"] = float(loss.detach())
-            total = total + w.anatomy_mse * loss
+            terms.add("l_anat/sent_mse", w.anatomy_mse, masked_mse_loss(target, f, has_phrase))
         if w.anatomy_generation:
-            gen_mask = tmask & present[rows][:, selected]
-            texts = [" ".join(phrases[r][c]) for r, row in zip(rows.tolist(), gen_mask.tolist())
-                     for c, ok in zip(sel_list, row) if ok]
-            loss = sentence_generation_loss(model, f[gen_mask], texts, opt.max_generated_sentences,
+            # the anatomy's phrases joined with a space; present anatomies with a non-empty text only
+            texts = [[" ".join(phrases[r][c]) for c in col_list] for r in row_list]
+            nonempty = torch.tensor([[bool(t.strip()) for t in row] for row in texts], dtype=torch.bool,
+                                    device=device).view(len(row_list), len(col_list))
+            gen_mask = (has_text & present)[text_rows][:, text_cols] & nonempty
+            flat = [t for row, ok_row in zip(texts, gen_mask.tolist()) for t, ok in zip(row, ok_row) if ok]
+            loss = sentence_generation_loss(model, f[gen_mask], flat, opt.max_generated_sentences,
                                             opt.generation_include_padding, opt.generation_keep_end_token,
                                             opt.generation_sampling)
-            metrics["l_anat/anat_gen"] = float(loss.detach())
-            total = total + w.anatomy_generation * loss
-    return total, metrics
+            terms.add("l_anat/anat_gen", w.anatomy_generation, loss)
+    return terms
 
 
 # ------------------------------------------------------------------------------------------ pathology
 def pathology_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, opt: SupervisionOptions,
-                         pos: PromptBank, neg: PromptBank):
-    """Pathology prompts as queries (stage 1): matched box detection + weight focal loss, classification."""
+                         pos: PromptBank, neg: PromptBank) -> LossTerms:
+    """Pathology prompts as queries (stage 1): matched box detection + weight focal loss, classification.
+
+    Samples without `has_class_labels` but with `target_cls_labels` count as labelled for every
+    class (the reference's rule for single-dataset batches).
+    """
     device = enc.patch_features.device
-    metrics: dict[str, float] = {}
-    has_boxes = batch.get("has_class_bboxes")
-    has_labels = batch.get("has_class_labels")
-    if has_boxes is None and has_labels is None:
-        return _zero(enc.patch_features), metrics
+    terms = LossTerms()
     n, c = len(batch["x"]), len(pos.names)
-    has_boxes = _flag(batch, "has_class_bboxes", (n, c), device) if has_boxes is not None else \
-        torch.zeros(n, c, dtype=torch.bool, device=device)
-    has_labels = _flag(batch, "has_class_labels", (n, c), device) if has_labels is not None else \
-        torch.zeros(n, c, dtype=torch.bool, device=device)
+    none = torch.zeros(n, c, dtype=torch.bool, device=device)
+    has_boxes = _flag(batch, "has_class_bboxes", (n, c), device) if batch.get("has_class_bboxes") is not None else none
+    has_labels = (_flag(batch, "has_class_labels", (n, c), device)
+                  if batch.get("has_class_labels") is not None or batch.get("target_cls_labels") is not None else none)
     box_cls = (expected_count_subsample(has_boxes.any(dim=0), opt.pathology_box_subsample)
                if w.pathology_detection and bool(has_boxes.any()) else torch.zeros(c, dtype=torch.bool, device=device))
     label_cls = (expected_count_subsample(has_labels.any(dim=0), opt.pathology_label_subsample)
@@ -295,39 +348,42 @@ def pathology_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights,
     sample_idx = samples.nonzero().squeeze(1)
     q_idx = query_cls.nonzero().squeeze(1)
     if sample_idx.numel() == 0 or q_idx.numel() == 0:
-        return _zero(enc.patch_features), metrics
+        return terms
     p_all = pos.embed(model, opt.randomize_prompts).to(device)
     n_all = neg.embed(model, opt.randomize_prompts).to(device)
     sub = enc.select(sample_idx)
     out = _detect(model, sub, p_all[q_idx], None, False)
     col = torch.full((c,), -1, dtype=torch.long, device=device)
     col[q_idx] = torch.arange(q_idx.numel(), device=device)
-    total = _zero(out.box_features)
 
     if w.pathology_detection and bool(box_cls.any()):
         b_idx = box_cls.nonzero().squeeze(1)
         cols = col[b_idx]
+        # only the samples that flag a box class enter the loss means and the focal alpha (a sample
+        # with image labels but no boxes is not a sample "without findings" here)
+        rows = (has_boxes[sample_idx] & box_cls).any(dim=1)  # (N')
+        det_idx = sample_idx[rows]
         ids_with_boxes = batch["class_ids_with_boxes"].to(device)
-        padded = batch["target_cls_boxes_padded"].to(device)[sample_idx]
-        pmask = batch["target_cls_boxes_mask"].to(device).bool()[sample_idx]
+        padded = batch["target_cls_boxes_padded"].to(device)[det_idx]
+        pmask = batch["target_cls_boxes_mask"].to(device).bool()[det_idx]
         m = padded.shape[2]
-        target = torch.zeros(sample_idx.numel(), b_idx.numel(), m, 4, device=device)
-        tmask = torch.zeros(sample_idx.numel(), b_idx.numel(), m, dtype=torch.bool, device=device)
+        target = torch.zeros(det_idx.numel(), b_idx.numel(), m, 4, device=device)
+        tmask = torch.zeros(det_idx.numel(), b_idx.numel(), m, dtype=torch.bool, device=device)
         lookup = {int(k): j for j, k in enumerate(ids_with_boxes.tolist())}
         for j, cls in enumerate(b_idx.tolist()):
             if cls in lookup:
                 target[:, j] = padded[:, lookup[cls], :, :4]
                 tmask[:, j] = pmask[:, lookup[cls]]
-        feats = out.multiboxes_features[:, cols]  # (N', Cb, R, d)
+        feats = out.multiboxes_features[rows][:, cols]  # (N_b, Cb, R, d)
         logits = torch.stack([(feats * p_all[b_idx][None, :, None]).sum(-1),
                               (feats * n_all[b_idx][None, :, None]).sum(-1)], dim=-1)
         cls_prob = logits.float().softmax(dim=-1)[..., 0]
-        res = pathology_detection_loss(out.multiboxes[:, cols], out.multiboxes_weights[:, cols], cls_prob,
-                                       target, tmask, has_boxes[sample_idx][:, b_idx])
-        metrics["l_cls/box_loss"] = float(res["box_loss"].detach())
-        metrics["l_cls/weights_loss"] = float(res["weights_loss"].detach())
-        metrics["l_cls/patho_detect"] = float(res["total"].detach())
-        total = total + w.pathology_detection * res["total"]
+        res = pathology_detection_loss(out.multiboxes[rows][:, cols], out.multiboxes_weights[rows][:, cols],
+                                       cls_prob, target, tmask, has_boxes[det_idx][:, b_idx])
+        # total = box_loss + WEIGHTS_COEFF x weights_loss, scaled by the detection coefficient
+        terms.add("l_cls/box_loss", w.pathology_detection, res["box_loss"])
+        terms.add("l_cls/weights_loss", w.pathology_detection * WEIGHTS_COEFF, res["weights_loss"])
+        terms.note("l_cls/patho_detect", res["total"])
 
     if w.pathology_classification and bool(label_cls.any()):
         l_idx = label_cls.nonzero().squeeze(1)
@@ -335,6 +391,5 @@ def pathology_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights,
         labels = batch["target_cls_labels"].to(device)[sample_idx][:, l_idx]
         loss = pathology_classification_loss(f, p_all[l_idx], n_all[l_idx], labels,
                                              has_labels[sample_idx][:, l_idx], tau=opt.pathology_cls_tau)
-        metrics["l_cls/patho_cls"] = float(loss.detach())
-        total = total + w.pathology_classification * loss
-    return total, metrics
+        terms.add("l_cls/patho_cls", w.pathology_classification, loss)
+    return terms

@@ -57,6 +57,7 @@ class TrainOptions:
     out: Path = Path("runs/train")
     name: str | None = None
     config: Path | None = None
+    profile: str | None = None
     sets: list[str] = field(default_factory=list)
     max_steps: int | None = None
     checkpoint_every: int | None = None
@@ -193,10 +194,13 @@ def validate(model, objective, recipe: dict, folders: list[Path], device: torch.
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def make_optimizer(params: list, weight_decay: float, device: torch.device, lr: float = 0.0) -> torch.optim.AdamW:
-    """AdamW, fused on CUDA and on the CPU (several times faster than foreach there). Training
-    starts at lr 0: the schedule sets the rate before every update."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cuda", "cpu"))
+def make_optimizer(params: list, weight_decay: float, device: torch.device, lr: float = 0.0,
+                   fused: bool = True) -> torch.optim.AdamW:
+    """AdamW, fused on CUDA and on the CPU (several times faster than foreach there) unless
+    `fused` is false (the reference's PyTorch default). Training starts at lr 0: the schedule
+    sets the rate before every update."""
+    fused = fused and device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
@@ -216,9 +220,11 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
         recipe = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
         saved = json.loads((run_dir / ARGS_FILE).read_text())
         stage = saved["stage"]
-        asked = opts.sets or opts.config or any(v is not None for v in opts.recipe_overrides().values())
+        asked = (opts.sets or opts.config or opts.profile
+                 or any(v is not None for v in opts.recipe_overrides().values()))
         if asked:
-            wanted = resolve_recipe(stage, opts.config, opts.sets, opts.recipe_overrides())
+            wanted = resolve_recipe(stage, opts.config, opts.sets, opts.recipe_overrides(),
+                                    opts.profile or saved.get("profile"))
             if wanted != recipe:
                 raise ChexError(f"--resume {run_dir}: the given options change its configuration; resume without "
                                 "--set/--config/--max-steps/... or start a new run")
@@ -231,7 +237,7 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
         model_config = saved.get("model_config", "paper")
     else:
         stage = opts.stage
-        recipe = resolve_recipe(stage, opts.config, opts.sets, opts.recipe_overrides())
+        recipe = resolve_recipe(stage, opts.config, opts.sets, opts.recipe_overrides(), opts.profile)
         folders = [Path(p).resolve() for p in opts.data]
         check_folders(folders)
         init, init_generator, model_config = opts.init, opts.init_generator, opts.model_config
@@ -304,7 +310,8 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
     if stage == "txtgen":
         t = recipe["txtgen"]
         objective = TxtgenObjective(model, t["max_sentences"], tuple(t["copies"]), t["dropout"],
-                                    t["generation_include_padding"], t["generation_keep_end_token"])
+                                    t["generation_include_padding"], t["generation_keep_end_token"],
+                                    t.get("prefix_activation", "gelu"))
     else:
         sup = SupervisionOptions(**recipe["supervision"])
         # without augmentation a frozen image tower sees the same image tensors every epoch
@@ -325,7 +332,7 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ChexError("the recipe trains nothing (model.trainable is empty)")
-    optimizer = make_optimizer(params, optim_cfg["weight_decay"], device)
+    optimizer = make_optimizer(params, optim_cfg["weight_decay"], device, fused=optim_cfg.get("fused", True))
     dtype = amp_dtype(recipe["run"]["amp"], device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -369,7 +376,8 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
             for _ in range(position, per_epoch):
                 if step >= max_steps:
                     break
-                lr = lr_at(step, optim_cfg["lr"], optim_cfg["min_lr"], optim_cfg["warmup_steps"], max_steps)
+                lr = lr_at(max(0, step - optim_cfg.get("schedule_lag", 0)), optim_cfg["lr"], optim_cfg["min_lr"],
+                           optim_cfg["warmup_steps"], max_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 sums: dict[str, float] = {}
