@@ -1,4 +1,4 @@
-"""`chex weights`: import the official ChEX checkpoint or CheXzero weights, and inspect bundles."""
+"""`chex weights`: import the official ChEX checkpoint, CheXzero or GPT-2 weights, and inspect bundles."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Import official ChEX / CheXzero weights into model bundles and inspect bundles.",
+app = typer.Typer(help="Import official ChEX / CheXzero / GPT-2 weights into model bundles and inspect bundles.",
                   no_args_is_help=True)
 
 
@@ -73,6 +73,31 @@ def import_chexzero_cmd(
         config = ChexConfig(generator=None, n_post_decoder_layers=0 if stage == 1 else 3)
     folder = import_chexzero(file, out, clip_vocab=clip_vocab, lm_tokenizer=lm_tokenizer, config=config, seed=seed,
                              expect_sha256=expect_sha256, log=_log)
+    _report(bundle_info(folder), as_json)
+
+
+@app.command("import-gpt2")
+def import_gpt2_cmd(
+    source: str = typer.Argument(..., help="a Hugging Face GPT-2 folder (config.json, model.safetensors or "
+                                           "pytorch_model.bin, vocab.json + merges.txt), or a hub name when online"),
+    out: Path = typer.Option(..., "--out", help="bundle folder to create (must not exist or be empty)"),
+    like: Optional[Path] = typer.Option(None, "--like", help="copy the other components and sizes from this bundle "
+                                                             "(e.g. the CheXzero bundle); default: fresh, paper sizes"),
+    seed: int = typer.Option(0, "--seed", help="seed of the fresh prefix MLP"),
+    expect_sha256: Optional[str] = typer.Option(None, "--expect-sha256",
+                                                help="refuse the weights file unless its SHA-256 is this"),
+    as_json: bool = typer.Option(False, "--json", help="print the bundle summary as JSON on stdout"),
+) -> None:
+    """Turn a pretrained GPT-2 into a bundle that txtgen starts from (--init-generator), as the paper does.
+
+    The generator gets the GPT-2's weights and tokenizer and a freshly initialised prefix MLP.
+
+    Example: chex weights import-gpt2 healx/gpt-2-pubmed-medium --out bundles/gpt2-pubmed --like bundles/chexzero
+    """
+    from chexcli.weights.gpt2 import import_gpt2
+    from chexcli.weights.info import bundle_info
+
+    folder = import_gpt2(source, out, like=like, seed=seed, expect_sha256=expect_sha256, log=_log)
     _report(bundle_info(folder), as_json)
 
 

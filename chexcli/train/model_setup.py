@@ -115,6 +115,8 @@ def _stage_of(model: ChEX) -> str | None:
         return "chexzero"
     if kind == "official-chex":  # chex weights import
         return "official"
+    if kind == "hf-gpt2":  # chex weights import-gpt2: a pretrained GPT-2 with a fresh prefix MLP
+        return "gpt2"
     return None
 
 
@@ -169,8 +171,8 @@ def build_model(stage: str, init: Path | None, init_generator: Path | None, mode
         arch = _architecture(init_model)
         source = gen_model if gen_model is not None else (init_model if init_model.txt_decoder is not None else None)
         if source is not None:
-            _require_stage(source, init_generator or init, ("txtgen", "official", "3", None), "--init-generator",
-                           stage)
+            _require_stage(source, init_generator or init, ("gpt2", "txtgen", "official", "3", None),
+                           "--init-generator", stage)
             arch_d = arch.to_dict()
             arch_d["generator"] = source.cfg.generator.__dict__.copy() if source.cfg.generator else None
             arch = ChexConfig.from_dict(arch_d)
