@@ -23,12 +23,23 @@ def lr_at(t: int, base_lr: float, min_lr: float, warmup: int, total: int) -> flo
 
 @dataclass(frozen=True)
 class CosineWarmupSchedule:
-    """The parameters of `lr_at`; `lr(t)` is the rate at step t (no other state to save or resume)."""
+    """The parameters of `lr_at`; `lr(t)` is the rate of update t (no other state to save or resume).
+
+    `lag` delays the schedule: update t runs at lr_at(t - lag), and the first `lag + 1` updates at
+    the warm-up's start. The reference's scheduler runs one update behind (`lag=1`: its first two
+    updates run at lr 0); chexcli's recipes use 0.
+    """
 
     base_lr: float
     min_lr: float
     warmup: int
     total: int
+    lag: int = 0
 
     def lr(self, update_index: int) -> float:
-        return lr_at(update_index, self.base_lr, self.min_lr, self.warmup, self.total)
+        return lr_at(max(0, update_index - self.lag), self.base_lr, self.min_lr, self.warmup, self.total)
+
+    @classmethod
+    def from_recipe(cls, optim: dict, total: int) -> "CosineWarmupSchedule":
+        """The schedule of a recipe's `optim` section over `total` updates."""
+        return cls(optim["lr"], optim["min_lr"], optim["warmup_steps"], total, optim.get("schedule_lag", 0))

@@ -36,7 +36,7 @@ from chexcli.train.model_setup import (apply_freezing, build_model, load_skeleto
                                       set_regularisation)
 from chexcli.train.objective import ChexObjective, TxtgenObjective
 from chexcli.train.recipe import resolve_recipe
-from chexcli.train.schedule import lr_at
+from chexcli.train.schedule import CosineWarmupSchedule
 from chexcli.train.supervisors import LossWeights, SupervisionOptions
 
 CONFIG_FILE = "config.yaml"
@@ -361,6 +361,7 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
             _write_state(run_dir, status=status, step=step, max_steps=max_steps)
         dist_utils.barrier(info)
 
+    schedule = CosineWarmupSchedule.from_recipe(optim_cfg, max_steps)
     val_every = per_epoch if recipe["run"]["val_every"] is None else recipe["run"]["val_every"]  # 0: never
     ckpt_every = recipe["run"]["checkpoint_every"]
     log_every = recipe["run"]["log_every"]
@@ -376,8 +377,7 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
             for _ in range(position, per_epoch):
                 if step >= max_steps:
                     break
-                lr = lr_at(max(0, step - optim_cfg.get("schedule_lag", 0)), optim_cfg["lr"], optim_cfg["min_lr"],
-                           optim_cfg["warmup_steps"], max_steps)
+                lr = schedule.lr(step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 sums: dict[str, float] = {}

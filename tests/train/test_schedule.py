@@ -24,3 +24,13 @@ def test_no_warmup_and_class_wrapper():
     assert math.isclose(lr_at(0, BASE, MIN, 0, TOTAL), BASE)
     sched = CosineWarmupSchedule(BASE, MIN, WARMUP, TOTAL)
     assert [sched.lr(t) for t in (0, 5, 60, 200)] == [lr_at(t, BASE, MIN, WARMUP, TOTAL) for t in (0, 5, 60, 200)]
+
+
+def test_lag_runs_one_update_behind_like_the_reference():
+    sched = CosineWarmupSchedule(BASE, MIN, WARMUP, TOTAL, lag=1)
+    assert sched.lr(0) == sched.lr(1) == 0.0  # the reference's first two updates run at lr 0
+    assert [sched.lr(t) for t in range(2, 40)] == [lr_at(t - 1, BASE, MIN, WARMUP, TOTAL) for t in range(2, 40)]
+    recipe = {"lr": BASE, "min_lr": MIN, "warmup_steps": WARMUP, "schedule_lag": 1}
+    assert CosineWarmupSchedule.from_recipe(recipe, TOTAL) == sched
+    assert CosineWarmupSchedule.from_recipe({**recipe, "schedule_lag": 0}, TOTAL).lr(1) == lr_at(1, BASE, MIN, WARMUP,
+                                                                                                 TOTAL)
