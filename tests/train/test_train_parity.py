@@ -7,7 +7,8 @@ sum of every trained parameter, and per-term gradient norms by component. It als
 dropout sites of the default configurations and the initial distribution of every parameter.
 
 The fixture folder is `$CHEX_TRAIN_PARITY`, by default `shared/reference/train_parity` next to the
-repository; its checkpoint is `../parity` beside it. The variants are read from its manifest, and
+repository; its checkpoint is `../parity` beside it (else `shared/reference/parity`, and the
+manifest's SHA-256 must match). The variants are read from its manifest, and
 the reference's settings of each variant from its `model_config.yaml`, so another fixture of the
 same layout (another seed and batch) runs through the same assertions. Tolerances are the
 fixture's own (its README): the reference differs from itself by this much across thread counts.
@@ -36,7 +37,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = Path(os.environ.get("CHEX_TRAIN_PARITY") or ROOT.parent / "shared" / "reference" / "train_parity")
-CHECKPOINTS = FIXTURE.parent / "parity"
+# the tiny checkpoint: `../parity` beside the fixture (its README), else the repository's neighbour
+CHECKPOINTS = next((p for p in (FIXTURE.parent / "parity", ROOT.parent / "shared" / "reference" / "parity")
+                    if (p / "models").is_dir()), FIXTURE.parent / "parity")
 HAVE_FIXTURE = (FIXTURE / "manifest.json").is_file() and (CHECKPOINTS / "models").is_dir()
 needs_fixture = pytest.mark.skipif(not HAVE_FIXTURE, reason=f"train-parity fixture not found at {FIXTURE}")
 
