@@ -1,29 +1,40 @@
-"""Speed and memory of one optimisation step of the `paper`-size ChEX (random weights, synthetic batches).
+"""Speed and memory of one training step of the `paper`-size ChEX (random weights), on the reference's batches.
 
-Times forward + backward + AdamW step of the stage-1 and stage-3 training objectives on
-batches in the reference's batch format (TRAINING.md §4.3), after warm-up steps, and prints
-one JSON object per stage:
+Builds the paper-size model with random weights, applies a stage's freezing (the default recipe,
+or `--profile reference`) and times one step of the stage's training objective, after two
+warm-up steps (which also fill the text-embedding cache, as after the first epoch):
 
-  step_s            median seconds per step (micro-batch of --batch images, one update); step_s_min the fastest
-  samples_per_s     images per second
-  peak_mem_gb       peak resident memory of the process (CPU) / peak allocated (CUDA)
-  gflops_per_sample training FLOPs per image from TRAINING.md §12 (stage 1: 32.0 with ln_pre frozen;
-                    stage 3: from the batch's actual token and prefix counts)
-  tflops_per_s      achieved (CUDA only), and the fraction of --peak-tflops
+  --scope fwd-bwd   zero_grad + forward + backward (the scope of the reference's published figures)
+  --scope update    the same + gradient clipping + the AdamW step (what a training update costs)
 
-The reference implementation takes 3.30 s for a stage-1 step at batch 8 on the 2-core CPU
-machine (fp32); the target is at least 1.5x faster (<= 2.2 s).
+The batch comes from `--batch-file` (a `torch.save`d dict in the reference's batch format, such
+as the reference's own stage1_b8.pt / stage3_b2.pt) or, without it, a synthetic batch of the
+same format. Each stage runs in its own process, so its peak memory is its own. One JSON object
+per stage on stdout:
 
-Usage: python benchmarks/train_step.py [--stages 1,3] [--batch 8] [--stage3-batch 2] [--device cpu|cuda]
-                                       [--repeats 5] [--threads 2] [--peak-tflops 989]
+  step_s, step_s_min, step_s_max   median / fastest / slowest step over --repeats
+  samples_per_s                    images per second at the median
+  peak_rss_gb                      peak resident memory of the stage's process (CPU);
+                                   peak_cuda_gb: peak allocated (CUDA)
+  tokens                           stage 3: the generator's padded token count per step
+  gflops_per_sample, tflops_per_s, fraction_of_peak   (CUDA) from TRAINING.md §12's FLOP counts
+
+It prints what it measured and nothing else: compare with another implementation only by
+running both on the same machine.
+
+Usage: python benchmarks/train_step.py [--stages 1,3] [--batch-file 1=stage1_b8.pt,3=stage3_b2.pt]
+           [--scope fwd-bwd|update] [--batch 8] [--stage3-batch 2] [--device cpu|cuda] [--repeats 5]
+           [--threads 2] [--amp] [--profile default|reference] [--gpt2-tokenizer DIR] [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +42,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from chexcli.data.names import anatomy_names, class_names, multibox_mapping  # noqa: E402
 from chexcli.model.bundle import attach_gpt2_tokenizer, default_prompts  # noqa: E402
@@ -44,7 +56,6 @@ from chexcli.train.recipe import load_recipe  # noqa: E402
 from chexcli.train.supervisors import LossWeights, SupervisionOptions  # noqa: E402
 from chexcli.train.trainer import make_optimizer  # noqa: E402
 
-REFERENCE_STAGE1_S = 3.30
 WORDS = ("left right upper lower lung zone opacity effusion pleural small moderate large heart size normal "
          "cardiac silhouette enlarged pneumothorax no there is a the of in with mild atelectasis basilar").split()
 
@@ -110,61 +121,183 @@ def stage3_batch(n: int, g: torch.Generator) -> dict:
             "target_anat_sentences": [[[_sentence(g, 8), _sentence(g, 6)] for _ in range(a)] for _ in range(n)]}
 
 
-def build(stage: str, device: torch.device):
+def find_shared(*parts: str) -> Path | None:
+    path = ROOT.parent.joinpath("shared", "reference", *parts)
+    return path if path.exists() else None
+
+
+def load_batch_file(path: Path) -> dict:
+    """A batch in the reference's format; lists of per-sample tensors stay lists."""
+    batch = torch.load(path, weights_only=True)
+    if not isinstance(batch, dict) or "x" not in batch:
+        raise SystemExit(f"{path}: not a batch in the reference's format (a dict with x, sentences, ...)")
+    return batch
+
+
+def build(stage: str, device: torch.device, profile: str, gpt2_dir: Path | None):
+    """The paper-size model of a stage (random weights, train mode, the recipe's freezing and
+    dropout) and its objective and optimizer."""
+    from chexcli.model.gpt2_text import load_gpt2_tokenizer
+    from chexcli.train.model_setup import set_regularisation
+    from chexcli.train.recipe import resolve_recipe
+
     clip = ClipTokenizer.build_tiny(WORDS, n_merges=50)
-    tmp = tempfile.mkdtemp(prefix="chex-bench-")
-    gpt2 = build_tiny_gpt2_tokenizer(WORDS, vocab_size=400, folder=tmp)
+    if gpt2_dir is not None:  # the generator's token counts follow this tokenizer
+        gpt2 = load_gpt2_tokenizer(gpt2_dir)
+    else:
+        gpt2 = build_tiny_gpt2_tokenizer(WORDS, vocab_size=400, folder=tempfile.mkdtemp(prefix="chex-bench-"))
     arch = preset_config("paper", 49408, 50257, gpt2.convert_tokens_to_ids("<|endoftext|>"))
     torch.manual_seed(0)
     model = ChEX(_stage_config(arch, stage), clip, prompts=default_prompts())
     attach_gpt2_tokenizer(model, gpt2)
-    recipe = load_recipe(stage)
-    model.to(device).train()
+    recipe = resolve_recipe(stage, profile=profile)
+    model.to(device)
     apply_freezing(model, recipe)
+    model.train()
+    set_regularisation(model, recipe)
     if stage == "1":
         classes = class_names("cig_all") + class_names("vindrcxr_loc")
         multi = list(multibox_mapping("cig_mapping"))
     else:
         classes, multi = class_names("cig_all"), []
-    objective = ChexObjective(model, LossWeights(**recipe["loss"]), SupervisionOptions(**recipe["supervision"]),
-                              classes, anatomy_names("cig_default"), multi)
+    options = SupervisionOptions(**recipe["supervision"])
+    objective = ChexObjective(model, LossWeights(**recipe["loss"]), options, classes, anatomy_names("cig_default"),
+                              multi if options.use_multiboxes else [])
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, recipe["optim"]["weight_decay"], device, lr=1e-5)
+    optimizer = make_optimizer(params, recipe["optim"]["weight_decay"], device, lr=1e-5,
+                               fused=recipe["optim"]["fused"])
     return model, objective, optimizer, params
+
+
+def generator_tokens(batch: dict, model) -> int:
+    """Padded token positions the generator runs per step (both calls), as the reference pads."""
+    if model.txt_decoder is None:
+        return 0
+    cap, tok = model.cfg.max_generated_sentences, model.gpt2_tokenizer
+
+    def padded(texts: list[str]) -> int:
+        texts = texts[:cap]
+        return len(texts) * min(max(len(tok.encode(t)) + 2 for t in texts), 128) if texts else 0
+
+    sents = [s for r in batch["sentences"] or [] for s in r or []]
+    phrases = [" ".join(p) for r in batch["target_anat_sentences"] for p in r if p]
+    return padded(sents) + padded(phrases)
 
 
 def stage3_flops_per_sample(batch: dict, model) -> float:
     """TRAINING.md §12: vision ~23.8 GFLOPs + 3 x 0.71 GFLOPs per decoded token + 3 x 1.01 per prefix vector."""
-    cap = model.cfg.max_generated_sentences
-    tok = model.gpt2_tokenizer
-    n = len(batch["x"])
-
-    def tokens(texts: list[str]) -> int:
-        texts = texts[:cap]
-        longest = max(len(tok.encode(t)) + 2 for t in texts)
-        return len(texts) * min(longest, 128)
-
-    sents = [s for r in batch["sentences"] for s in r]
-    phrases = [" ".join(p) for r in batch["target_anat_sentences"] for p in r[:20] if p]
-    n_tok = tokens(sents) + tokens(phrases)
-    n_prefix = min(cap, len(sents)) + min(cap, len(phrases))
-    return 23.8 * n + 3 * 0.71 * n_tok + 3 * 1.01 * n_prefix * 5 / 5
+    cap, n = model.cfg.max_generated_sentences, len(batch["x"])
+    n_sent = sum(len(r or []) for r in batch["sentences"] or [])
+    n_anat = sum(1 for r in batch["target_anat_sentences"] for p in r if p)
+    n_prefix = min(cap, n_sent) + min(cap, n_anat)
+    return (23.8 * n + 3 * 0.71 * generator_tokens(batch, model) + 3 * 1.01 * n_prefix) / n
 
 
-def run(stage: str, batch_size: int, device: torch.device, repeats: int, amp: bool, peak_tflops: float) -> dict:
-    model, objective, optimizer, params = build(stage, device)
-    g = torch.Generator().manual_seed(0)
-    batch = stage1_batch(batch_size, g) if stage == "1" else stage3_batch(batch_size, g)
+def breakdown(step, model, optimizer_phase: bool) -> dict:
+    """Milliseconds of one step by phase and component, from the PyTorch profiler.
+
+    Forward: each operator's own time goes to the top-level component (img_encoder, detector,
+    post_decoder, txt_decoder, ...) whose forward it ran in, "losses/other" otherwise. Backward:
+    each autograd node goes to the component of the forward operator that created it (matched
+    by sequence number); "grad accumulation" is AccumulateGrad (summing a weight's gradients
+    from several uses). Optimizer: clipping and AdamW.
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    stack: list = []
+
+    def enter(name):
+        def hook(module, args):
+            rf = record_function(f"component::{name}")
+            rf.__enter__()
+            stack.append(rf)
+        return hook
+
+    def leave(module, args, out):
+        stack.pop().__exit__(None, None, None)
+
+    def label(path: str) -> str:
+        top = path.split(".")[0]
+        if top == "txt_decoder":  # GPT-2 and the prefix MLP apart: they are most of stage 3
+            return "txt_decoder.prefix_proj" if ".prefix_proj" in path + "." else "txt_decoder.gpt2"
+        return top
+
+    handles = []
+    for path, module in model.named_modules():  # every module: components are also called through methods
+        if path:
+            handles += [module.register_forward_pre_hook(enter(label(path))), module.register_forward_hook(leave)]
+    lm = model.txt_decoder.language_model if model.txt_decoder is not None else None
+    if lm is not None:  # the tied output head is a method, not a module
+        plain_logits = lm.logits
+
+        def logits(hidden):
+            with record_function("component::txt_decoder.lm_head"):
+                return plain_logits(hidden)
+        lm.logits = logits
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(record_function)
+    finally:
+        for h in handles:
+            h.remove()
+        if lm is not None:
+            del lm.logits
+    events = prof.events()
+
+    def ancestor(ev, prefix):
+        while ev is not None:
+            if ev.name.startswith(prefix):
+                return ev.name[len(prefix):]
+            ev = ev.cpu_parent
+        return None
+
+    seq_component: dict[int, str] = {}
+    out: dict[str, float] = {}
+    for ev in events:
+        phase = ancestor(ev, "phase::")
+        if phase == "forward":
+            comp = ancestor(ev, "component::") or "losses/other"
+            if ev.sequence_nr >= 0 and ev.name.startswith("aten::"):
+                seq_component.setdefault(ev.sequence_nr, comp)
+            out[f"forward/{comp}"] = out.get(f"forward/{comp}", 0.0) + ev.self_cpu_time_total / 1e3
+    for ev in events:
+        phase = ancestor(ev, "phase::")
+        if phase == "backward":
+            node = ev
+            while node is not None and not node.name.startswith("autograd::engine::evaluate_function"):
+                node = node.cpu_parent
+            if node is None:
+                comp = "other"
+            elif "AccumulateGrad" in node.name:
+                comp = "grad accumulation"
+            else:
+                comp = seq_component.get(node.sequence_nr, "losses/other")
+            out[f"backward/{comp}"] = out.get(f"backward/{comp}", 0.0) + ev.self_cpu_time_total / 1e3
+        elif phase == "optimizer" and optimizer_phase:
+            out["optimizer"] = out.get("optimizer", 0.0) + ev.self_cpu_time_total / 1e3
+    return {k: round(v, 1) for k, v in sorted(out.items())}
+
+
+def run(stage: str, batch: dict, device: torch.device, repeats: int, amp: bool, scope: str, profile: str,
+        gpt2_dir: Path | None, peak_tflops: float, want_breakdown: bool) -> dict:
+    model, objective, optimizer, params = build(stage, device, profile, gpt2_dir)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     dtype = torch.bfloat16 if amp and device.type == "cuda" else None
+    counter = [0]
 
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss, _ = objective(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+    def step(scoped=None):
+        scoped = scoped or (lambda name: _Nothing())
+        torch.manual_seed(counter[0])  # the same random choices (subsampling, dropout) at every run
+        counter[0] += 1
         optimizer.zero_grad(set_to_none=True)
+        with scoped("phase::forward"), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss, _ = objective(batch)
+        with scoped("phase::backward"):
+            loss.backward()
+        if scope == "update":
+            with scoped("phase::optimizer"):
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -178,43 +311,89 @@ def run(stage: str, batch_size: int, device: torch.device, repeats: int, amp: bo
         step()
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
+    n = len(batch["x"])
+    out = {"stage": stage, "scope": scope, "profile": profile, "device": str(device), "batch": n,
+           "threads": torch.get_num_threads(), "amp": str(dtype) if dtype else "fp32",
+           "step_s": round(step_s, 4), "step_s_min": round(min(times), 4), "step_s_max": round(max(times), 4),
+           "samples_per_s": round(n / step_s, 2), "trainable_parameters": sum(p.numel() for p in params)}
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 1e9
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    gflops = 32.0 if stage == "1" else stage3_flops_per_sample(batch, model) / batch_size
-    out = {"stage": stage, "device": str(device), "batch": batch_size, "amp": str(dtype) if dtype else "fp32",
-           "step_s": round(step_s, 4), "step_s_min": round(min(times), 4),
-           "samples_per_s": round(batch_size / step_s, 2),
-           "peak_mem_gb": round(peak, 2), "gflops_per_sample": round(gflops, 1),
-           "trainable_parameters": sum(p.numel() for p in params)}
-    if stage == "1" and device.type == "cpu" and batch_size == 8:
-        out["reference_step_s"] = REFERENCE_STAGE1_S
-        out["speedup_vs_reference"] = round(REFERENCE_STAGE1_S / step_s, 2)
+        out["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
+    if stage == "3":
+        out["tokens"] = generator_tokens(batch, model)
+        out["gpt2_tokenizer"] = str(gpt2_dir) if gpt2_dir else "tiny (built from a word list)"
     if device.type == "cuda":
-        tflops = gflops * batch_size / step_s / 1e3
-        out["tflops_per_s"] = round(tflops, 1)
-        out["fraction_of_peak"] = round(tflops / peak_tflops, 3)
+        gflops = 32.0 if stage == "1" else stage3_flops_per_sample(batch, model)
+        tflops = gflops * n / step_s / 1e3
+        out.update(gflops_per_sample=round(gflops, 1), tflops_per_s=round(tflops, 1),
+                   fraction_of_peak=round(tflops / peak_tflops, 3))
+    if want_breakdown:
+        out["breakdown_ms"] = breakdown(step, model, scope == "update")
     return out
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", default="1,3")
-    ap.add_argument("--batch", type=int, default=8, help="stage-1 batch")
-    ap.add_argument("--stage3-batch", type=int, default=2, help="stage-3 micro-batch (reference: 8)")
+    ap.add_argument("--batch-file", default=None,
+                    help="STAGE=FILE[,STAGE=FILE]: reference-format batches (default: the reference's train_perf "
+                         "batches when found next to the repository, else synthetic)")
+    ap.add_argument("--scope", choices=("fwd-bwd", "update"), default="fwd-bwd")
+    ap.add_argument("--batch", type=int, default=8, help="synthetic stage-1 batch")
+    ap.add_argument("--stage3-batch", type=int, default=2, help="synthetic stage-3 micro-batch (reference: 8)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch default)")
-    ap.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    ap.add_argument("--profile", default="default", help="recipe profile: default or reference")
+    ap.add_argument("--gpt2-tokenizer", default=None,
+                    help="GPT-2 tokenizer folder (decides stage 3's token counts; default: the parity fixture's "
+                         "gpt2_tiny when found, else a tiny one built from a word list)")
+    ap.add_argument("--breakdown", action="store_true", help="time by phase and component (PyTorch profiler)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100 SXM 989)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if len(stages) > 1 and not args.child:  # one process per stage: each peak RSS is the stage's own
+        for stage in stages:
+            argv = [a for a in sys.argv[1:]]
+            i = argv.index("--stages") if "--stages" in argv else None
+            if i is not None:
+                del argv[i:i + 2]
+            argv = [a for a in argv if not a.startswith("--stages=")]
+            code = subprocess.call([sys.executable, __file__, "--stages", stage, *argv])
+            if code:
+                raise SystemExit(code)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
+    files = {"1": find_shared("train_perf", "stage1_b8.pt"), "3": find_shared("train_perf", "stage3_b2.pt")}
+    if args.batch_file:
+        files = {k: None for k in files}
+        for item in args.batch_file.split(","):
+            stage, _, path = item.partition("=")
+            files[stage.strip()] = Path(path.strip())
+    gpt2_dir = Path(args.gpt2_tokenizer) if args.gpt2_tokenizer else find_shared("parity", "gpt2_tiny")
     device = torch.device(args.device)
-    for stage in args.stages.split(","):
-        n = args.batch if stage == "1" else args.stage3_batch
-        print(json.dumps(run(stage.strip(), n, device, args.repeats, not args.no_amp, args.peak_tflops)), flush=True)
+    g = torch.Generator().manual_seed(0)
+    for stage in stages:
+        path = files.get(stage)
+        if path is not None:
+            batch = load_batch_file(path)
+        else:
+            batch = stage1_batch(args.batch, g) if stage == "1" else stage3_batch(args.stage3_batch, g)
+        result = run(stage, batch, device, args.repeats, args.amp, args.scope, args.profile, gpt2_dir,
+                     args.peak_tflops, args.breakdown)
+        result["batch_file"] = str(path) if path is not None else "synthetic"
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
