@@ -40,10 +40,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from chexcli.runtime import configure_allocator  # noqa: E402
+
+configure_allocator()  # as `chex train` runs (huge pages for large tensors); THP_MEM_ALLOC_ENABLE=0 turns it off
+import torch  # noqa: E402
 
 from chexcli.data.names import anatomy_names, class_names, multibox_mapping  # noqa: E402
 from chexcli.model.bundle import attach_gpt2_tokenizer, default_prompts  # noqa: E402

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import sys
 
-import typer
+from chexcli.runtime import configure_allocator
 
-from chexcli.errors import ChexError
+configure_allocator()  # before anything imports torch
+
+import typer  # noqa: E402
+
+from chexcli.errors import ChexError  # noqa: E402
 
 app = typer.Typer(
     name="chex",

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from chexcli.model.config import GeneratorConfig
-from chexcli.model.gpt2 import GPT2LanguageModel, KVCache
+from chexcli.model.gpt2 import GPT2LanguageModel, KVCache, TeacherForcing
 from chexcli.model.layers import MLP
 
 
@@ -55,13 +55,53 @@ class SentenceGenerator(nn.Module):
         kv = flat.view(m, c.prefix_length_factor, c.n_layer, 2, c.n_head, hd).permute(2, 3, 0, 4, 1, 5)
         return [kv[i, 0] for i in range(c.n_layer)], [kv[i, 1] for i in range(c.n_layer)]
 
-    def teacher_forcing_logits(self, features: Tensor, ids: Tensor, token_mask: Tensor) -> Tensor:
-        """Training: features (M, d), target ids (M, L) starting with the start token, token_mask (M, L)
-        -> next-token logits (M, L, V). Positions: `teacher_forcing_positions`."""
-        keys, values = self.prefix(features)
-        positions = teacher_forcing_positions(token_mask, self.cfg.position_offset)
+    def teacher_forcing_hidden(self, calls: list[tuple[Tensor, Tensor, Tensor]],
+                               drop_padding: bool = False) -> list[Tensor]:
+        """Training: per call region features (M, d), target ids (M, L) starting with the start
+        token and token_mask (M, L) -> per call GPT-2 hidden states (M, L, n_embd).
+
+        All calls run in one pass: the prefix MLP on every call's features at once, then
+        `prefixed_hidden`.
+        """
+        sizes = [features.shape[0] for features, _, _ in calls]
+        keys, values = self.prefix(torch.cat([features for features, _, _ in calls]) if len(calls) > 1
+                                   else calls[0][0])
+        keys = [k.split(sizes) for k in keys]  # per layer, per call
+        values = [v.split(sizes) for v in values]
+        return self.prefixed_hidden([(ids, mask, [k[j] for k in keys], [v[j] for v in values])
+                                     for j, (_, ids, mask) in enumerate(calls)], drop_padding)
+
+    def prefixed_hidden(self, calls: list[tuple[Tensor, Tensor, list[Tensor], list[Tensor]]],
+                        drop_padding: bool = False) -> list[Tensor]:
+        """GPT-2 over several calls, each (ids (M, L), token_mask (M, L), per-layer prefix keys and
+        values (M, H, P, hd)), in one packed pass -> per call hidden states (M, L, n_embd).
+
+        Positions: `teacher_forcing_positions`. With `drop_padding` the padding positions are not
+        computed at all (their hidden states are 0): rows of equal length run together without
+        padding, which changes nothing at the real positions, since padding is never attended to.
+        Use it when padding is not scored.
+        """
         lm = self.language_model
-        return lm.logits(lm.hidden_states_with_prefix(ids, positions, keys, values, token_mask))
+        inputs, where = [], []
+        for j, (ids, mask, keys, values) in enumerate(calls):
+            positions = teacher_forcing_positions(mask, self.cfg.position_offset)
+            if not drop_padding:
+                inputs.append(TeacherForcing(ids, positions, mask, keys, values))
+                where.append((j, None, 0))
+                continue
+            lengths = mask.sum(dim=1)
+            for length in sorted(set(lengths.tolist())):
+                rows = (lengths == length).nonzero().squeeze(1)
+                inputs.append(TeacherForcing(ids[rows, :length], positions[rows, :length], mask[rows, :length],
+                                             [k[rows] for k in keys], [v[rows] for v in values]))
+                where.append((j, rows, length))
+        hidden = lm.teacher_forcing_hidden(inputs)
+        if not drop_padding:
+            return hidden
+        out = [hidden[0].new_zeros(*ids.shape, hidden[0].shape[-1]) for ids, _, _, _ in calls]
+        for (j, rows, length), h in zip(where, hidden):
+            out[j][rows, :length] = h
+        return out
 
     @torch.no_grad()
     def generate(self, features: Tensor, max_new_tokens: int | None = None, min_new_tokens: int = 0) -> list[Generated]:

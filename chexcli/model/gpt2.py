@@ -121,6 +121,26 @@ class _Attention(nn.Module):
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, c)))
 
 
+    def forward_packed(self, x: Tensor, segments: list["_Segment"], layer: int) -> Tensor:
+        """Training over several calls at once: x (N, c) holds the tokens of every segment, one
+        after the other; each segment attends within itself, after its own prefix."""
+        c = x.shape[-1]
+        hd = c // self.n_head
+        qkv = self.c_attn(x)  # (N, 3c): one matrix product for every call's tokens
+        outs, start = [], 0
+        p = self.dropout if self.training else 0.0
+        for seg in segments:
+            b, t = seg.shape
+            q, k, v = qkv[start:start + b * t].view(b, t, 3 * c).split(c, dim=2)
+            q = q.view(b, t, self.n_head, hd).transpose(1, 2)
+            k = torch.cat([seg.prefix_keys[layer], k.view(b, t, self.n_head, hd).transpose(1, 2)], dim=2)
+            v = torch.cat([seg.prefix_values[layer], v.view(b, t, self.n_head, hd).transpose(1, 2)], dim=2)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, dropout_p=p)
+            outs.append(y.transpose(1, 2).reshape(b * t, c))
+            start += b * t
+        return self.resid_dropout(self.c_proj(torch.cat(outs) if len(outs) > 1 else outs[0]))
+
+
 class _MLP(nn.Module):
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
@@ -144,6 +164,34 @@ class Block(nn.Module):
                 prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer, mask, prefix)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_packed(self, x: Tensor, segments: list["_Segment"], layer: int) -> Tensor:
+        """x (N, n_embd): the tokens of several teacher-forcing calls (see `_Attention.forward_packed`)."""
+        x = x + self.attn.forward_packed(self.ln_1(x), segments, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class _Segment:
+    """One call of a packed teacher-forcing pass: `shape` (B, T), the attention mask (B, 1, T, P + T)
+    and the per-layer prefix keys/values (B, H, P, hd)."""
+
+    shape: tuple[int, int]
+    mask: Tensor
+    prefix_keys: list[Tensor]
+    prefix_values: list[Tensor]
+
+
+@dataclass
+class TeacherForcing:
+    """The input of one generator call in training: ids, positions, token_mask (B, T) and the
+    per-layer prefix keys/values prefix_keys[l], prefix_values[l] (B, H, P, hd)."""
+
+    ids: Tensor
+    positions: Tensor
+    token_mask: Tensor
+    prefix_keys: list[Tensor]
+    prefix_values: list[Tensor]
 
 
 class _Transformer(nn.Module):
@@ -187,30 +235,35 @@ class GPT2LanguageModel(nn.Module):
             x = block(x, cache, i, mask)
         return tr.ln_f(x)
 
-    def hidden_states_with_prefix(self, ids: Tensor, positions: Tensor, prefix_keys: list[Tensor],
-                                  prefix_values: list[Tensor], token_mask: Tensor) -> Tensor:
-        """Teacher forcing after per-layer prefix key/values (training).
+    def teacher_forcing_hidden(self, calls: list[TeacherForcing]) -> list[Tensor]:
+        """Training: several generator calls in one pass -> per call hidden states (B, T, n_embd).
 
-        ids, positions, token_mask: (B, T); prefix_keys[l], prefix_values[l]: (B, H, P, hd).
-        Every token sees the whole prefix and the earlier real tokens (causal,
-        padding hidden as keys). Dropout is active in training mode.
-        Returns (B, T, n_embd).
+        Every token sees its call's whole prefix and the earlier real tokens of its row (causal,
+        padding hidden as keys); dropout is active in training mode. The calls' tokens are packed
+        into one (N, n_embd) matrix, so every weight is read once and gets one gradient, not one
+        per call: a call's result is what it would be alone, up to float rounding.
         """
         tr = self.transformer
-        b, t = ids.shape
-        p = prefix_keys[0].shape[2]
-        causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
-        keys_ok = torch.cat([torch.ones(b, p, dtype=torch.bool, device=ids.device), token_mask.bool()], dim=1)
-        mask = torch.cat([torch.ones(t, p, dtype=torch.bool, device=ids.device), causal], dim=1)
-        mask = mask[None, None] & keys_ok[:, None, None, :]  # (B, 1, T, P + T)
-        x = tr.drop(tr.wte(ids) + tr.wpe(positions))
+        segments, embedded = [], []
+        for call in calls:
+            b, t = call.ids.shape
+            p = call.prefix_keys[0].shape[2]
+            device = call.ids.device
+            causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+            keys_ok = torch.cat([torch.ones(b, p, dtype=torch.bool, device=device), call.token_mask.bool()], dim=1)
+            mask = torch.cat([torch.ones(t, p, dtype=torch.bool, device=device), causal], dim=1)
+            segments.append(_Segment((b, t), mask[None, None] & keys_ok[:, None, None, :],
+                                     call.prefix_keys, call.prefix_values))
+            embedded.append((tr.wte(call.ids) + tr.wpe(call.positions)).reshape(b * t, -1))
+        x = tr.drop(torch.cat(embedded) if len(embedded) > 1 else embedded[0])
         for i, block in enumerate(tr.h):
-            prefix = (prefix_keys[i], prefix_values[i])
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, None, i, mask, prefix, use_reentrant=False)
+                x = checkpoint(block.forward_packed, x, segments, i, use_reentrant=False)
             else:
-                x = block(x, None, i, mask, prefix)
-        return tr.ln_f(x)
+                x = block.forward_packed(x, segments, i)
+        x = tr.ln_f(x)
+        sizes = [seg.shape[0] * seg.shape[1] for seg in segments]
+        return [part.view(*seg.shape, -1) for part, seg in zip(x.split(sizes), segments)]
 
     def logits(self, hidden: Tensor) -> Tensor:
         if self.head is not None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from chexcli.train.losses import generation_loss
@@ -75,22 +77,70 @@ def subsample_rows(m: int, limit: int, device, texts: list[str] | None = None, m
     return torch.multinomial(weights, limit, replacement=False).sort().values.to(device)
 
 
+@dataclass
+class GenerationCall:
+    """One call of the sentence generator in training: region features (M, d) and their target texts."""
+
+    features: Tensor
+    texts: list[str]
+
+
+def generation_call(features: Tensor, texts: list[str], max_sentences: int = 32,
+                    sampling: str = "uniform") -> GenerationCall:
+    """The rows one call decodes: at most `max_sentences` of them (the reference's cap per call),
+    drawn as `subsample_rows` does with ``sampling``."""
+    if features.shape[0] == 0:
+        return GenerationCall(features, [])
+    keep = subsample_rows(features.shape[0], max_sentences, features.device, texts, sampling)
+    return GenerationCall(features[keep], [texts[i] for i in keep.tolist()])
+
+
+def teacher_forcing_loss(lm, hidden: Tensor, ids: Tensor, token_mask: Tensor, include_padding: bool = False) -> Tensor:
+    """Next-token cross-entropy from GPT-2 hidden states (M, L, n_embd) of targets ids (M, L).
+
+    include_padding=True: every position is scored (the reference; `generation_loss`). False: only
+    positions whose next token is real, and only those go through the output head (the padding's
+    logits are never computed), averaged over them; the same value as `generation_loss`.
+    """
+    if include_padding:
+        return generation_loss(lm.logits(hidden), ids, token_mask, include_padding=True)
+    scored = token_mask[:, 1:].bool()
+    if not bool(scored.any()):
+        return hidden.sum() * 0.0
+    logits = lm.logits(hidden[:, :-1][scored])  # (N_scored, V)
+    return F.cross_entropy(logits.float(), ids[:, 1:][scored])
+
+
+def generation_losses(model, calls: list[GenerationCall], include_padding: bool = False,
+                      keep_end_token: bool = True) -> list[Tensor]:
+    """Mean token cross-entropy of each call, all calls in one generator pass.
+
+    Each call is tokenised and padded on its own (to its longest target) and its loss is what it
+    would be alone; only the matrix products are shared (`SentenceGenerator.teacher_forcing_hidden`).
+    When padding is not scored it is not computed either.
+    """
+    gen = model.txt_decoder
+    cfg = gen.cfg
+    losses: list[Tensor | None] = [None] * len(calls)
+    todo = []
+    for j, call in enumerate(calls):
+        if call.features.shape[0] == 0:
+            losses[j] = call.features.sum() * 0.0
+            continue
+        ids, mask = encode_targets(model.gpt2_tokenizer, call.texts, cfg.bos_token_id, cfg.eos_token_id,
+                                   cfg.pad_token_id, cfg.max_length, keep_end_token)
+        todo.append((j, call.features, ids.to(call.features.device), mask.to(call.features.device)))
+    if todo:
+        hidden = gen.teacher_forcing_hidden([(f, ids, mask) for _, f, ids, mask in todo],
+                                            drop_padding=not include_padding)
+        for (j, _, ids, mask), h in zip(todo, hidden):
+            losses[j] = teacher_forcing_loss(gen.language_model, h, ids, mask, include_padding)
+    return losses
+
+
 def sentence_generation_loss(model, features: Tensor, texts: list[str], max_sentences: int = 32,
                              include_padding: bool = False, keep_end_token: bool = True,
                              sampling: str = "uniform") -> Tensor:
-    """features (M, d) region features, texts (M) targets -> mean token cross-entropy.
-
-    At most `max_sentences` random rows are decoded (the reference's cap per call), drawn as
-    `subsample_rows` does with ``sampling``.
-    """
-    if features.shape[0] == 0:
-        return features.sum() * 0.0
-    gen = model.txt_decoder
-    cfg = gen.cfg
-    keep = subsample_rows(features.shape[0], max_sentences, features.device, texts, sampling)
-    chosen = [texts[i] for i in keep.tolist()]
-    ids, mask = encode_targets(model.gpt2_tokenizer, chosen, cfg.bos_token_id, cfg.eos_token_id,
-                               cfg.pad_token_id, cfg.max_length, keep_end_token)
-    ids, mask = ids.to(features.device), mask.to(features.device)
-    logits = gen.teacher_forcing_logits(features[keep], ids, mask)
-    return generation_loss(logits, ids, mask, include_padding=include_padding)
+    """features (M, d) region features, texts (M) targets -> mean token cross-entropy of one call."""
+    call = generation_call(features, texts, max_sentences, sampling)
+    return generation_losses(model, [call], include_padding, keep_end_token)[0]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from chexcli.data.names import multibox_mapping
 from chexcli.train.encoding_cache import FrozenEncodingCache, is_frozen
-from chexcli.train.generation import sentence_generation_loss
+from chexcli.train.generation import generation_losses, sentence_generation_loss
 from chexcli.train.prompts import anatomy_bank, pathology_banks
 from chexcli.train.supervisors import (LossTerms, LossWeights, SupervisionOptions, anatomy_supervisor,
                                        pathology_supervisor, sentence_supervisor)
@@ -62,6 +62,9 @@ class ChexObjective(nn.Module):
                                             self.neg))
         if (w.pathology_detection or w.pathology_classification) and self.pos is not None:
             terms.update(pathology_supervisor(self.model, enc, batch, w, opt, self.pos, self.neg))
+        # report sentences and anatomy texts: one generator pass (each weight read once, one gradient)
+        terms.resolve_generation(lambda calls: generation_losses(self.model, calls, opt.generation_include_padding,
+                                                                 opt.generation_keep_end_token))
         return terms, enc.patch_features.sum() * 0.0
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
@@ -116,9 +119,7 @@ class TxtgenObjective(nn.Module):
 
     def _loss(self, feats: Tensor, texts: list[str]) -> Tensor:
         """Prefix of R copies (copy-major) -> teacher-forced cross-entropy."""
-        from chexcli.model.generator import teacher_forcing_positions
-        from chexcli.train.generation import encode_targets
-        from chexcli.train.losses import generation_loss
+        from chexcli.train.generation import encode_targets, teacher_forcing_loss
 
         gen = self.model.txt_decoder
         cfg = gen.cfg
@@ -130,10 +131,8 @@ class TxtgenObjective(nn.Module):
         ids, mask = encode_targets(self.model.gpt2_tokenizer, texts, cfg.bos_token_id, cfg.eos_token_id,
                                    cfg.pad_token_id, cfg.max_length, self.keep_end_token)
         ids, mask = ids.to(feats.device), mask.to(feats.device)
-        positions = teacher_forcing_positions(mask, cfg.position_offset)
-        lm = gen.language_model
-        logits = lm.logits(lm.hidden_states_with_prefix(ids, positions, keys, values, mask))
-        return generation_loss(logits, ids, mask, include_padding=self.include_padding)
+        hidden, = gen.prefixed_hidden([(ids, mask, keys, values)], drop_padding=not self.include_padding)
+        return teacher_forcing_loss(gen.language_model, hidden, ids, mask, self.include_padding)
 
 
 __all__ = ["ChexObjective", "TxtgenObjective", "sentence_generation_loss"]

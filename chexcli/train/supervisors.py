@@ -11,17 +11,21 @@ R regions per query, d model width).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from chexcli.model.detector import ImageEncoding
-from chexcli.train.generation import sentence_generation_loss
+from chexcli.train.generation import GenerationCall, generation_call
 from chexcli.train.losses import (WEIGHTS_COEFF, anatomy_classification_loss, expected_count_subsample,
                                   global_contrastive_loss, masked_mse_loss, multi_box_loss,
                                   pathology_classification_loss, pathology_detection_loss,
                                   sentence_region_contrastive_loss, single_box_loss)
 from chexcli.train.prompts import PromptBank
+
+
+SENTENCE_TERMS = ["l_sent/global_contr", "l_sent/sent_contr", "l_sent/sent_mse", "l_sent/sent_gen"]
 
 
 @dataclass
@@ -77,6 +81,8 @@ class LossTerms:
         self.coeffs: dict[str, float] = {}
         self._values: dict[str, Tensor] = {}
         self._floats: dict[str, float] = {}
+        self._sums: dict[str, list[str]] = {}
+        self.pending: dict[str, tuple[float, GenerationCall]] = {}  # generation terms, computed together
 
     def add(self, name: str, coeff: float, value: Tensor) -> None:
         self.weighted[name] = coeff * value
@@ -89,11 +95,30 @@ class LossTerms:
         else:
             self._floats[name] = float(value)
 
+    def note_sum(self, name: str, terms: list[str]) -> None:
+        """A derived sub-loss: the weighted sum of `terms` (those computed), taken at `metrics()`."""
+        self._sums[name] = list(terms)
+
+    def add_generation(self, name: str, coeff: float, call: GenerationCall) -> None:
+        """A generation term, computed by `resolve_generation` with the other calls of the step."""
+        self.pending[name] = (coeff, call)
+
+    def resolve_generation(self, losses: Callable[[list[GenerationCall]], list[Tensor]]) -> None:
+        """Compute every pending generation term in one generator pass (`losses` maps calls to losses)."""
+        if not self.pending:
+            return
+        names = list(self.pending)
+        for name, loss in zip(names, losses([self.pending[n][1] for n in names])):
+            self.add(name, self.pending[name][0], loss)
+        self.pending.clear()
+
     def update(self, other: "LossTerms") -> None:
         self.weighted.update(other.weighted)
         self.coeffs.update(other.coeffs)
         self._values.update(other._values)
         self._floats.update(other._floats)
+        self._sums.update(other._sums)
+        self.pending.update(other.pending)
 
     def weighted_sum(self, names: list[str] | None = None) -> Tensor | None:
         """Sum of `coeff x value` over `names` (default: every term); None without any."""
@@ -106,11 +131,20 @@ class LossTerms:
         return total
 
     def metrics(self) -> dict[str, float]:
+        if self.pending:
+            raise RuntimeError(f"generation terms not computed yet: {', '.join(self.pending)}")
         out = dict(self._floats)
-        if self._values:
-            names = list(self._values)
-            values = torch.stack([self._values[n].float().reshape(()) for n in names]).tolist()
-            out.update(zip(names, values))
+        values = dict(self._values)
+        for name, parts in self._sums.items():
+            total = self.weighted_sum(parts)
+            if total is None:
+                out[name] = 0.0
+            else:
+                values[name] = total.detach()
+        if values:
+            names = list(values)
+            stacked = torch.stack([values[n].float().reshape(()) for n in names]).tolist()
+            out.update(zip(names, stacked))
         return out
 
 
@@ -167,12 +201,9 @@ def sentence_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, 
     if w.sentence_mse:
         terms.add("l_sent/sent_mse", w.sentence_mse, masked_mse_loss(padded, regions, mask))
     if w.sentence_generation:
-        loss = sentence_generation_loss(model, regions[mask], flat, opt.max_generated_sentences,
-                                        opt.generation_include_padding, opt.generation_keep_end_token,
-                                        opt.generation_sampling)
-        terms.add("l_sent/sent_gen", w.sentence_generation, loss)
-    total = terms.weighted_sum()
-    terms.note("l_sent/total_sent", total if total is not None else 0.0)
+        terms.add_generation("l_sent/sent_gen", w.sentence_generation,
+                             generation_call(regions[mask], flat, opt.max_generated_sentences, opt.generation_sampling))
+    terms.note_sum("l_sent/total_sent", SENTENCE_TERMS)
     return terms
 
 
@@ -316,10 +347,9 @@ def anatomy_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, o
                                     device=device).view(len(row_list), len(col_list))
             gen_mask = (has_text & present)[text_rows][:, text_cols] & nonempty
             flat = [t for row, ok_row in zip(texts, gen_mask.tolist()) for t, ok in zip(row, ok_row) if ok]
-            loss = sentence_generation_loss(model, f[gen_mask], flat, opt.max_generated_sentences,
-                                            opt.generation_include_padding, opt.generation_keep_end_token,
-                                            opt.generation_sampling)
-            terms.add("l_anat/anat_gen", w.anatomy_generation, loss)
+            terms.add_generation("l_anat/anat_gen", w.anatomy_generation,
+                                 generation_call(f[gen_mask], flat, opt.max_generated_sentences,
+                                                 opt.generation_sampling))
     return terms
 
 
