@@ -137,6 +137,22 @@ def load_batch_file(path: Path) -> dict:
     return batch
 
 
+def repeat_batch(batch: dict, k: int) -> dict:
+    """k copies of a reference-format batch, one after the other (per-sample tensors and lists)."""
+    if k == 1:
+        return batch
+    n = len(batch["x"])
+    out = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value) and value.dim() and value.shape[0] == n:
+            out[key] = torch.cat([value] * k)
+        elif isinstance(value, list) and len(value) == n:
+            out[key] = value * k
+        else:  # batch-level entries, e.g. class_ids_with_boxes
+            out[key] = value
+    return out
+
+
 def build(stage: str, device: torch.device, profile: str, gpt2_dir: Path | None):
     """The paper-size model of a stage (random weights, train mode, the recipe's freezing and
     dropout) and its objective and optimizer."""
@@ -361,6 +377,9 @@ def main() -> None:
                     help="GPT-2 tokenizer folder (decides stage 3's token counts; default: the parity fixture's "
                          "gpt2_tiny when found, else a tiny one built from a word list)")
     ap.add_argument("--breakdown", action="store_true", help="time by phase and component (PyTorch profiler)")
+    ap.add_argument("--repeat-batch", type=int, default=1, help="run K copies of the batch as one batch")
+    ap.add_argument("--find-max-batch", action="store_true",
+                    help="CUDA: double --repeat-batch until the step runs out of memory; report the largest that fits")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100 SXM 989)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -393,10 +412,32 @@ def main() -> None:
             batch = load_batch_file(path)
         else:
             batch = stage1_batch(args.batch, g) if stage == "1" else stage3_batch(args.stage3_batch, g)
-        result = run(stage, batch, device, args.repeats, args.amp, args.scope, args.profile, gpt2_dir,
-                     args.peak_tflops, args.breakdown)
+        if args.find_max_batch:
+            print(json.dumps(find_max_batch(stage, batch, device, args)), flush=True)
+            continue
+        result = run(stage, repeat_batch(batch, args.repeat_batch), device, args.repeats, args.amp, args.scope,
+                     args.profile, gpt2_dir, args.peak_tflops, args.breakdown)
         result["batch_file"] = str(path) if path is not None else "synthetic"
         print(json.dumps(result), flush=True)
+
+
+def find_max_batch(stage: str, batch: dict, device: torch.device, args) -> dict:
+    """The largest power-of-two multiple of the batch whose training update fits the GPU (one process)."""
+    if device.type != "cuda":
+        raise SystemExit("--find-max-batch needs --device cuda")
+    fits, k = 0, max(1, args.repeat_batch)
+    while True:
+        try:
+            result = run(stage, repeat_batch(batch, k), device, 1, args.amp, "update", args.profile,
+                         Path(args.gpt2_tokenizer) if args.gpt2_tokenizer else find_shared("parity", "gpt2_tiny"),
+                         args.peak_tflops, False)
+            fits, last = k, result
+            k *= 2
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+    return {"stage": stage, "largest_batch": fits * len(batch["x"]), "at_largest": last if fits else None}
 
 
 if __name__ == "__main__":

@@ -53,7 +53,10 @@ class SentenceGenerator(nn.Module):
         hd = c.n_embd // c.n_head
         flat = self.prefix_proj(features)
         kv = flat.view(m, c.prefix_length_factor, c.n_layer, 2, c.n_head, hd).permute(2, 3, 0, 4, 1, 5)
-        return [kv[i, 0] for i in range(c.n_layer)], [kv[i, 1] for i in range(c.n_layer)]
+        # one unbind (not 2 x n_layer selects): its backward assembles the gradient in one tensor,
+        # where each select's backward would allocate and add a zero tensor of the whole prefix
+        parts = kv.flatten(0, 1).unbind(0)  # layer-major: keys of layer 0, values of layer 0, ...
+        return list(parts[0::2]), list(parts[1::2])
 
     def teacher_forcing_hidden(self, calls: list[tuple[Tensor, Tensor, Tensor]],
                                drop_padding: bool = False) -> list[Tensor]:

@@ -244,7 +244,7 @@ class GPT2LanguageModel(nn.Module):
         per call: a call's result is what it would be alone, up to float rounding.
         """
         tr = self.transformer
-        segments, embedded = [], []
+        segments = []
         for call in calls:
             b, t = call.ids.shape
             p = call.prefix_keys[0].shape[2]
@@ -254,8 +254,10 @@ class GPT2LanguageModel(nn.Module):
             mask = torch.cat([torch.ones(t, p, dtype=torch.bool, device=device), causal], dim=1)
             segments.append(_Segment((b, t), mask[None, None] & keys_ok[:, None, None, :],
                                      call.prefix_keys, call.prefix_values))
-            embedded.append((tr.wte(call.ids) + tr.wpe(call.positions)).reshape(b * t, -1))
-        x = tr.drop(torch.cat(embedded) if len(embedded) > 1 else embedded[0])
+        # one embedding lookup for every token: each lookup's backward builds a dense (vocab x n_embd) gradient
+        ids = torch.cat([call.ids.reshape(-1) for call in calls])
+        positions = torch.cat([call.positions.reshape(-1) for call in calls])
+        x = tr.drop(tr.wte(ids) + tr.wpe(positions))
         for i, block in enumerate(tr.h):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block.forward_packed, x, segments, i, use_reentrant=False)
