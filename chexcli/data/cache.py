@@ -37,6 +37,7 @@ from PIL import Image, ImageFile
 from chexcli.data.common import atomic_write_bytes, write_csv
 from chexcli.data.image_io import check_pixel_count
 from chexcli.errors import ChexError
+from chexcli.workers import worker_init
 
 
 TODO, DONE, FAILED = 0, 1, 2
@@ -233,7 +234,7 @@ def build_cache(out_dir: Path, sample_ids: Sequence[str], paths: Sequence[str], 
             _W.clear()
         else:
             ctx = mp.get_context("fork") if hasattr(os, "fork") else mp.get_context()
-            with ctx.Pool(workers, initializer=_worker_init,
+            with ctx.Pool(workers, initializer=worker_init(_worker_init),
                           initargs=(str(p["array"]), side, loader)) as pool:
                 for res in pool.imap_unordered(_worker_task, tasks, chunksize=4):
                     record(res)

@@ -29,6 +29,7 @@ import pandas as pd
 from chexcli.data.common import write_csv
 from chexcli.data.reports import clean_phrases
 from chexcli.errors import ChexError
+from chexcli.workers import worker_init
 
 TABLE = "chest_imagenome.csv"
 INVALID = "chest_imagenome-invalid_boxes.csv"
@@ -166,7 +167,7 @@ def prepare_imagenome(raw: Path, out: Path, frontal: pd.DataFrame, workers: int 
         it = map(_task, names)
         pool = None
     else:
-        pool = mp.get_context("fork").Pool(workers, initializer=_init, initargs=(mode, zpath, sizes))
+        pool = mp.get_context("fork").Pool(workers, initializer=worker_init(_init), initargs=(mode, zpath, sizes))
         it = pool.imap(_task, names, chunksize=64)
     try:
         for row, reason, inv in it:

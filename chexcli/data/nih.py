@@ -26,6 +26,7 @@ from chexcli.data.common import (PrepareResult, dataset_summary, read_manifest, 
 from chexcli.data.image_io import check_image_size, read_image_uint8
 from chexcli.data.names import NIH_BOX_LABELS
 from chexcli.errors import ChexError
+from chexcli.workers import worker_init
 
 NAME = "nih_cxr"
 VERIFIED = "nih_images_verified.csv"
@@ -130,7 +131,8 @@ def verify_images(files: dict[str, Path], out: Path, workers: int = 1,
 
     bar = tqdm(total=len(todo), desc="NIH images (verify)", unit="img", disable=not progress or None, leave=False)
     last = time.monotonic()
-    pool = mp.get_context("fork").Pool(workers) if workers > 1 and len(todo) > 1 else None
+    pool = (mp.get_context("fork").Pool(workers, initializer=worker_init())
+            if workers > 1 and len(todo) > 1 else None)
     try:
         it = pool.imap_unordered(_verify_task, todo, chunksize=16) if pool else map(_verify_task, todo)
         for name, res in it:

@@ -345,6 +345,8 @@ def prepare_reports(raw: "Path", workers: int = 1, progress: bool = True,
 
     from tqdm import tqdm
 
+    from chexcli.workers import worker_init
+
     items = iter_report_texts(raw, skipped)
     result: dict[str, list[str]] = {}
     bar = tqdm(desc="reports", unit="report", disable=not progress or None, leave=False)
@@ -352,7 +354,7 @@ def prepare_reports(raw: "Path", workers: int = 1, progress: bool = True,
         it = map(_process_one, items)
         pool = None
     else:
-        pool = mp.get_context("fork").Pool(workers)
+        pool = mp.get_context("fork").Pool(workers, initializer=worker_init())
         it = pool.imap(_process_one, items, chunksize=256)
     try:
         for study, sentences in it:

@@ -45,6 +45,7 @@ from chexcli.data.names import VINDR_LABELS, anatomy_names
 from chexcli.data.synthetic_draw import SIDE, render, sample_scene
 from chexcli.data.synthetic_report import CIG_LABELS, MSCXR_CLASS, VINDR_CLASS, finding_regions, scene_text
 from chexcli.errors import ChexError
+from chexcli.workers import worker_init
 
 KIND = "synthetic"
 GENERATOR_VERSION = 5  # bumped whenever the same seed would draw different data
@@ -148,7 +149,7 @@ def _draw_all(out: Path, n: int, seed: int, workers: int, progress: bool) -> lis
             _W.clear()
         else:
             ctx = mp.get_context("fork") if hasattr(os, "fork") else mp.get_context()
-            with ctx.Pool(workers, initializer=_init, initargs=(str(tmp), seed, True)) as pool:
+            with ctx.Pool(workers, initializer=worker_init(_init), initargs=(str(tmp), seed, True)) as pool:
                 for recs in pool.imap(_task, chunks):
                     records += recs
                     bar.update(len(recs))

@@ -79,12 +79,14 @@ def make_loader(data_dir: str | Path, task: TaskConfig, split: str, batch_size: 
     from torch.utils.data import DataLoader
 
     from chexcli.data.dataset import ChexDataset
+    from chexcli.workers import worker_init
 
     ds = ChexDataset(data_dir, task.dataset, split=split, transform="eval")
     if len(ds) == 0:
         raise ChexError(f"the {split} split of {task.dataset} in {data_dir} is empty; prepare the dataset first")
     return DataLoader(SkipUnreadable(ds), batch_size=batch_size, shuffle=False, drop_last=False,
-                      collate_fn=collate_readable, num_workers=workers)
+                      collate_fn=collate_readable, num_workers=workers,
+                      worker_init_fn=worker_init() if workers else None)  # workers die with this process
 
 
 def _readable_batches(loader, unreadable: list | None):

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from chexcli.errors import ChexError
+from chexcli.workers import die_with_parent
 
 
 @dataclass
@@ -42,6 +43,7 @@ def init(device_type: str) -> DistInfo:
     if not launched_by_torchrun():
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    die_with_parent()  # a training process started by torchrun's agent goes when the agent goes
     if info.world > 1 and not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
@@ -82,4 +84,6 @@ def relaunch(devices: int, argv: list[str]) -> int:
         raise ChexError("--devices must be at least 2 to start several processes")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
            "-m", "chexcli", *argv]
-    return subprocess.call(cmd)
+    parent = os.getpid()
+    # the launcher dies with this process (and its training processes with it: see `init`)
+    return subprocess.call(cmd, preexec_fn=lambda: die_with_parent(parent))

@@ -65,7 +65,16 @@ class ChexObjective(nn.Module):
         # report sentences and anatomy texts: one generator pass (each weight read once, one gradient)
         terms.resolve_generation(lambda calls: generation_losses(self.model, calls, opt.generation_include_padding,
                                                                  opt.generation_keep_end_token))
-        return terms, enc.patch_features.sum() * 0.0
+        zero = enc.patch_features.sum() * 0.0
+        gen = self.model.txt_decoder
+        if (w.sentence_generation or w.anatomy_generation) and gen is not None and not any(
+                name in terms.weighted for name in ("l_sent/sent_gen", "l_anat/anat_gen")):
+            # a micro-batch without texts to decode: keep the trained generator in the graph (zero
+            # gradients), so that every process of a DDP run reduces the same parameters
+            for p in gen.parameters():
+                if p.requires_grad:
+                    zero = zero + p.reshape(-1)[0] * 0.0
+        return terms, zero
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
         terms, zero = self.loss_terms(batch)

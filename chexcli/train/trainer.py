@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import math
 import signal
 import time
@@ -37,6 +38,7 @@ from chexcli.train.model_setup import (apply_freezing, build_model, load_skeleto
 from chexcli.train.objective import ChexObjective, TxtgenObjective
 from chexcli.train.recipe import resolve_recipe
 from chexcli.train.schedule import CosineWarmupSchedule
+from chexcli.workers import worker_init
 from chexcli.train.supervisors import LossWeights, SupervisionOptions
 
 CONFIG_FILE = "config.yaml"
@@ -325,8 +327,10 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        # every trained parameter gets a gradient in every micro-batch (ChexObjective keeps an idle
+        # generator in the graph), so DDP needs no extra search for unused ones
         wrapped = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
-                      find_unused_parameters=True)
+                      find_unused_parameters=False)
     forward = torch.compile(wrapped) if opts.compile else wrapped
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -372,7 +376,8 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
     with StopFlag() as stop, progress:
         while step < max_steps:
             dataset.set_epoch(epoch)
-            loader = _loader(dataset, sampler, epoch, position, recipe["data"]["workers"], device)
+            loader = _loader(dataset, sampler, epoch, position, loader_workers(recipe["data"]["workers"], info),
+                             device)
             batches = iter(loader)
             for _ in range(position, per_epoch):
                 if step >= max_steps:
@@ -481,6 +486,17 @@ def _validation(model, objective, recipe, folders, device, batch_size, info, pro
     return results
 
 
+def loader_workers(requested: int, info) -> int:
+    """Data-loader workers per process: the recipe's count, at most the CPUs this process may use
+    divided among the processes of this machine (more only compete for the same cores)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world if info.enabled else 1))
+    return max(0, min(int(requested), cpus // max(1, local)))
+
+
 def _loader(dataset, sampler: ShardedBatchSampler, epoch: int, position: int, workers: int, device):
     from torch.utils.data import DataLoader
 
@@ -489,7 +505,8 @@ def _loader(dataset, sampler: ShardedBatchSampler, epoch: int, position: int, wo
     batches = list(sampler.epoch_batches(epoch, position))
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
                       pin_memory=device.type == "cuda", persistent_workers=False,
-                      prefetch_factor=2 if workers else None)
+                      prefetch_factor=2 if workers else None,
+                      worker_init_fn=worker_init() if workers else None)  # workers die with this process
 
 
 def _prewarm_text_cache(model, objective, dataset, say) -> None:
