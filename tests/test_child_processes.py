@@ -140,3 +140,79 @@ def test_a_worker_whose_parent_is_already_gone_exits(tmp_path):
             "die_with_parent(parent_pid=os.getppid() + 1 if os.getppid() > 1 else 2); sys.exit(0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert res.returncode == 1
+
+
+BLOCKED_CHILDREN = {
+    # workers busy in a task when the parent dies: nothing but the kernel's death signal stops them
+    "pool": """
+import multiprocessing as mp, time
+from chexcli.workers import worker_init
+def block(_):
+    time.sleep(600)
+if __name__ == "__main__":
+    pool = mp.get_context("fork").Pool(2, initializer=worker_init())
+    pool.map_async(block, range(2))
+    time.sleep(600)
+""",
+    "dataloader": """
+import time, torch
+from torch.utils.data import DataLoader, Dataset
+from chexcli.workers import worker_init
+class Slow(Dataset):
+    def __len__(self):
+        return 100
+    def __getitem__(self, i):
+        time.sleep(600)
+if __name__ == "__main__":
+    for _ in DataLoader(Slow(), num_workers=2, worker_init_fn=worker_init()):
+        pass
+""",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKED_CHILDREN))
+def test_busy_workers_die_with_a_killed_parent(tmp_path, kind):
+    script = tmp_path / "parent.py"
+    script.write_text(BLOCKED_CHILDREN[kind])
+    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_descendants(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        children = _descendants(proc.pid)
+        assert len(children) >= 2
+        time.sleep(0.5)  # the workers are inside their task now
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _alive(children)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{kind} workers left behind: {sorted(left)}"
+
+
+def test_multi_process_training_prints_no_torch_warning(synth, tmp_path):
+    """No DDP unused-parameter warning, no DataLoader worker-count warning, no torchrun banner."""
+    res = subprocess.run(CHEX + ["train", "--stage", "1", "--model-config", "tiny", "--batch-size", "8",
+                                 "--max-steps", "3", "--val-every", "0", "--devices", "2", "--set", "data.workers=4",
+                                 "--data", str(synth), "--out", str(tmp_path / "runs"), "--no-progress"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    for needle in ("Warning", "warn(", "OMP_NUM_THREADS", "find_unused_parameters", "worker processes in total"):
+        assert needle not in res.stderr, res.stderr[-2000:]
+
+
+def test_loader_workers_are_capped_to_the_cpus_of_each_process(monkeypatch):
+    from chexcli.train.distributed import DistInfo
+    from chexcli.train.trainer import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers(8, DistInfo()) == 4
+    assert loader_workers(1, DistInfo()) == 1 and loader_workers(0, DistInfo()) == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert loader_workers(8, DistInfo(rank=1, world=2, local_rank=1)) == 2

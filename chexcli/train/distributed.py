@@ -85,5 +85,12 @@ def relaunch(devices: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
            "-m", "chexcli", *argv]
     parent = os.getpid()
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:  # the CPUs shared among the processes (torchrun would print a banner)
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cpus = os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cpus // devices))
     # the launcher dies with this process (and its training processes with it: see `init`)
-    return subprocess.call(cmd, preexec_fn=lambda: die_with_parent(parent))
+    return subprocess.call(cmd, env=env, preexec_fn=lambda: die_with_parent(parent))
