@@ -81,10 +81,15 @@ def kill_midway(args: list, cwd: Path, children: int, max_delay: float = 2.0, st
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 10
-    while _alive(seen) and time.monotonic() < deadline:
+    return _left_after(seen)
+
+
+def _left_after(pids: set[int], seconds: float = 10) -> set[int]:
+    """Those of `pids` still alive after `seconds` (then killed, so a failure leaves nothing behind)."""
+    deadline = time.monotonic() + seconds
+    while _alive(pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = _alive(seen)
+    left = _alive(pids)
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -185,12 +190,7 @@ def test_busy_workers_die_with_a_killed_parent(tmp_path, kind):
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 10
-    while _alive(children) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = _alive(children)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+    left = _left_after(children)
     assert not left, f"{kind} workers left behind: {sorted(left)}"
 
 
