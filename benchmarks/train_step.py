@@ -30,8 +30,8 @@ Usage: python benchmarks/train_step.py [--stages 1,3] [--batch-file 1=stage1_b8.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -55,7 +55,6 @@ from chexcli.model.clip_tokenizer import ClipTokenizer  # noqa: E402
 from chexcli.model.gpt2_text import build_tiny_gpt2_tokenizer  # noqa: E402
 from chexcli.train.model_setup import _stage_config, apply_freezing, preset_config  # noqa: E402
 from chexcli.train.objective import ChexObjective  # noqa: E402
-from chexcli.train.recipe import load_recipe  # noqa: E402
 from chexcli.train.supervisors import LossWeights, SupervisionOptions  # noqa: E402
 from chexcli.train.trainer import make_optimizer  # noqa: E402
 
@@ -212,6 +211,65 @@ def stage3_flops_per_sample(batch: dict, model) -> float:
     return (23.8 * n + 3 * 0.71 * generator_tokens(batch, model) + 3 * 1.01 * n_prefix) / n
 
 
+def _label(path: str) -> str:
+    """The component a module belongs to; GPT-2 and the prefix MLP apart (they are most of stage 3)."""
+    top = path.split(".")[0]
+    if top == "txt_decoder":
+        return "txt_decoder.prefix_proj" if ".prefix_proj" in path + "." else "txt_decoder.gpt2"
+    return top
+
+
+@contextlib.contextmanager
+def _component_scopes(model):
+    """Profiler scopes `component::<label>` around every module's forward (components are also called
+    through methods, so every module is hooked) and around the tied output head, which is a method."""
+    from torch.profiler import record_function
+
+    stack: list = []
+
+    def enter(name):
+        def hook(module, args):
+            scope = record_function(f"component::{name}")
+            scope.__enter__()
+            stack.append(scope)
+        return hook
+
+    def leave(module, args, out):
+        stack.pop().__exit__(None, None, None)
+
+    handles = []
+    for path, module in model.named_modules():
+        if path:
+            handles += [module.register_forward_pre_hook(enter(_label(path))), module.register_forward_hook(leave)]
+    lm = model.txt_decoder.language_model if model.txt_decoder is not None else None
+    if lm is not None:
+        plain_logits = lm.logits
+
+        def logits(hidden):
+            with record_function("component::txt_decoder.lm_head"):
+                return plain_logits(hidden)
+        lm.logits = logits
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        if lm is not None:
+            del lm.logits
+
+
+def _ancestor(ev, prefix: str):
+    """The nearest enclosing profiler event (ev itself included) whose name starts with `prefix`."""
+    while ev is not None and not ev.name.startswith(prefix):
+        ev = ev.cpu_parent
+    return ev
+
+
+def _scope(ev, prefix: str) -> str | None:
+    found = _ancestor(ev, prefix)
+    return None if found is None else found.name[len(prefix):]
+
+
 def breakdown(step, model, optimizer_phase: bool) -> dict:
     """Milliseconds of one step by phase and component, from the PyTorch profiler.
 
@@ -223,77 +281,34 @@ def breakdown(step, model, optimizer_phase: bool) -> dict:
     """
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    stack: list = []
-
-    def enter(name):
-        def hook(module, args):
-            rf = record_function(f"component::{name}")
-            rf.__enter__()
-            stack.append(rf)
-        return hook
-
-    def leave(module, args, out):
-        stack.pop().__exit__(None, None, None)
-
-    def label(path: str) -> str:
-        top = path.split(".")[0]
-        if top == "txt_decoder":  # GPT-2 and the prefix MLP apart: they are most of stage 3
-            return "txt_decoder.prefix_proj" if ".prefix_proj" in path + "." else "txt_decoder.gpt2"
-        return top
-
-    handles = []
-    for path, module in model.named_modules():  # every module: components are also called through methods
-        if path:
-            handles += [module.register_forward_pre_hook(enter(label(path))), module.register_forward_hook(leave)]
-    lm = model.txt_decoder.language_model if model.txt_decoder is not None else None
-    if lm is not None:  # the tied output head is a method, not a module
-        plain_logits = lm.logits
-
-        def logits(hidden):
-            with record_function("component::txt_decoder.lm_head"):
-                return plain_logits(hidden)
-        lm.logits = logits
-    try:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            step(record_function)
-    finally:
-        for h in handles:
-            h.remove()
-        if lm is not None:
-            del lm.logits
+    with _component_scopes(model), profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(record_function)
     events = prof.events()
+    out: dict[str, float] = {}
 
-    def ancestor(ev, prefix):
-        while ev is not None:
-            if ev.name.startswith(prefix):
-                return ev.name[len(prefix):]
-            ev = ev.cpu_parent
-        return None
+    def charge(key: str, ev) -> None:
+        out[key] = out.get(key, 0.0) + ev.self_cpu_time_total / 1e3
 
     seq_component: dict[int, str] = {}
-    out: dict[str, float] = {}
     for ev in events:
-        phase = ancestor(ev, "phase::")
-        if phase == "forward":
-            comp = ancestor(ev, "component::") or "losses/other"
+        if _scope(ev, "phase::") == "forward":
+            comp = _scope(ev, "component::") or "losses/other"
             if ev.sequence_nr >= 0 and ev.name.startswith("aten::"):
                 seq_component.setdefault(ev.sequence_nr, comp)
-            out[f"forward/{comp}"] = out.get(f"forward/{comp}", 0.0) + ev.self_cpu_time_total / 1e3
+            charge(f"forward/{comp}", ev)
     for ev in events:
-        phase = ancestor(ev, "phase::")
+        phase = _scope(ev, "phase::")
         if phase == "backward":
-            node = ev
-            while node is not None and not node.name.startswith("autograd::engine::evaluate_function"):
-                node = node.cpu_parent
+            node = _ancestor(ev, "autograd::engine::evaluate_function")
             if node is None:
                 comp = "other"
             elif "AccumulateGrad" in node.name:
                 comp = "grad accumulation"
             else:
                 comp = seq_component.get(node.sequence_nr, "losses/other")
-            out[f"backward/{comp}"] = out.get(f"backward/{comp}", 0.0) + ev.self_cpu_time_total / 1e3
+            charge(f"backward/{comp}", ev)
         elif phase == "optimizer" and optimizer_phase:
-            out["optimizer"] = out.get("optimizer", 0.0) + ev.self_cpu_time_total / 1e3
+            charge("optimizer", ev)
     return {k: round(v, 1) for k, v in sorted(out.items())}
 
 

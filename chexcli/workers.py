@@ -43,6 +43,14 @@ def die_with_parent(parent_pid: int | None = None) -> bool:
     return armed
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask on Linux, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _init(parent_pid: int, then: Callable[..., Any] | None, *args: Any) -> None:
     die_with_parent(parent_pid)
     if then is not None:
@@ -58,4 +66,4 @@ def worker_init(then: Callable[..., Any] | None = None) -> Callable[..., None]:
     return partial(_init, os.getpid(), then)
 
 
-__all__ = ["die_with_parent", "worker_init"]
+__all__ = ["available_cpus", "die_with_parent", "worker_init"]

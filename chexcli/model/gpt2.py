@@ -96,17 +96,13 @@ class _Attention(nn.Module):
         self.dropout = DROPOUT  # attention-probability and residual dropout (training only)
         self.resid_dropout = Dropout(DROPOUT)
 
-    def forward(self, x: Tensor, cache: KVCache | None, layer: int, mask: Tensor | None,
-                prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None, layer: int, mask: Tensor | None) -> Tensor:
         b, t, c = x.shape
         hd = c // self.n_head
         q, k, v = self.c_attn(x).split(c, dim=2)
         q = q.view(b, t, self.n_head, hd).transpose(1, 2)
         k = k.view(b, t, self.n_head, hd).transpose(1, 2)
         v = v.view(b, t, self.n_head, hd).transpose(1, 2)
-        if prefix is not None:  # training: prefix keys/values (B, H, P, hd) before the tokens
-            k = torch.cat([prefix[0], k], dim=2)
-            v = torch.cat([prefix[1], v], dim=2)
         if cache is not None:
             start = cache.length
             cache.keys[layer][:, :, start : start + t] = k
@@ -119,7 +115,6 @@ class _Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, c)))
-
 
     def forward_packed(self, x: Tensor, segments: list["_Segment"], layer: int) -> Tensor:
         """Training over several calls at once: x (N, c) holds the tokens of every segment, one
@@ -160,9 +155,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = _MLP(cfg)
 
-    def forward(self, x: Tensor, cache: KVCache | None, layer: int, mask: Tensor | None,
-                prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, mask, prefix)
+    def forward(self, x: Tensor, cache: KVCache | None, layer: int, mask: Tensor | None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)
         return x + self.mlp(self.ln_2(x))
 
     def forward_packed(self, x: Tensor, segments: list["_Segment"], layer: int) -> Tensor:

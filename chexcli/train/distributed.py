@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from chexcli.errors import ChexError
-from chexcli.workers import die_with_parent
+from chexcli.workers import available_cpus, die_with_parent
 
 
 @dataclass
@@ -87,10 +87,6 @@ def relaunch(devices: int, argv: list[str]) -> int:
     parent = os.getpid()
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:  # the CPUs shared among the processes (torchrun would print a banner)
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:
-            cpus = os.cpu_count() or 1
-        env["OMP_NUM_THREADS"] = str(max(1, cpus // devices))
+        env["OMP_NUM_THREADS"] = str(max(1, available_cpus() // devices))
     # the launcher dies with this process (and its training processes with it: see `init`)
     return subprocess.call(cmd, env=env, preexec_fn=lambda: die_with_parent(parent))

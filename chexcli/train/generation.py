@@ -137,10 +137,3 @@ def generation_losses(model, calls: list[GenerationCall], include_padding: bool 
             losses[j] = teacher_forcing_loss(gen.language_model, h, ids, mask, include_padding)
     return losses
 
-
-def sentence_generation_loss(model, features: Tensor, texts: list[str], max_sentences: int = 32,
-                             include_padding: bool = False, keep_end_token: bool = True,
-                             sampling: str = "uniform") -> Tensor:
-    """features (M, d) region features, texts (M) targets -> mean token cross-entropy of one call."""
-    call = generation_call(features, texts, max_sentences, sampling)
-    return generation_losses(model, [call], include_padding, keep_end_token)[0]

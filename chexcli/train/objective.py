@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from chexcli.data.names import multibox_mapping
 from chexcli.train.encoding_cache import FrozenEncodingCache, is_frozen
-from chexcli.train.generation import generation_losses, sentence_generation_loss
+from chexcli.train.generation import generation_losses
 from chexcli.train.prompts import anatomy_bank, pathology_banks
 from chexcli.train.supervisors import (LossTerms, LossWeights, SupervisionOptions, anatomy_supervisor,
                                        pathology_supervisor, sentence_supervisor)
@@ -144,4 +144,4 @@ class TxtgenObjective(nn.Module):
         return teacher_forcing_loss(gen.language_model, hidden, ids, mask, self.include_padding)
 
 
-__all__ = ["ChexObjective", "TxtgenObjective", "sentence_generation_loss"]
+__all__ = ["ChexObjective", "TxtgenObjective"]

@@ -228,6 +228,39 @@ def _anatomy_phrase_targets(model, phrases: list[list[list[str]]], samples: list
     return target, mask
 
 
+def _anatomy_region_features(model, sub: ImageEncoding, mode: str, opt: SupervisionOptions, anatomy: PromptBank,
+                             anat_idx: Tensor, multi: PromptBank | None, multi_sel: Tensor, boxes: Tensor):
+    """Region features (N', A', d) of the anatomies `anat_idx` and, in token mode, the detector output
+    (the multi-box anatomies `multi_sel` are queried after them); None in bbox mode.
+
+    bbox mode pools the target boxes (N', A', 4); absent anatomies keep their zero box, which the
+    reference encodes like any box (its features reach the anatomy MSE, which ignores the present mask).
+    """
+    device = sub.patch_features.device
+    if mode == "token":
+        queries = anatomy.embed(model, opt.randomize_prompts)[anat_idx.cpu()].to(device)
+        if bool(multi_sel.any()):
+            mq = multi.embed(model, opt.randomize_prompts)[multi_sel.cpu()].to(device)
+            queries = torch.cat([queries, mq], dim=0)
+        out = _detect(model, sub, queries, None, opt.use_post_decoder)
+        return out.box_features[:, : anat_idx.numel()], out
+    feats = model.detector.encode_regions(sub, boxes)
+    if opt.use_post_decoder and model.post_decoder is not None:
+        feats = model.post_decoder.refine_regions(feats, sub, None)
+    return feats, None
+
+
+def _anatomy_texts(phrases: list[list[list[str]]], rows: list[int], cols: list[int],
+                   wanted: Tensor) -> tuple[Tensor, list[str]]:
+    """Generation targets: each anatomy's phrases joined with a space, where `wanted` (R, C) and the
+    text is not empty -> (mask (R, C), the texts of the masked cells in row-major order)."""
+    texts = [[" ".join(phrases[r][c]) for c in cols] for r in rows]
+    nonempty = torch.tensor([[bool(t.strip()) for t in row] for row in texts], dtype=torch.bool,
+                            device=wanted.device).view(len(rows), len(cols))
+    mask = wanted & nonempty
+    return mask, [t for row, ok_row in zip(texts, mask.tolist()) for t, ok in zip(row, ok_row) if ok]
+
+
 def anatomy_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, opt: SupervisionOptions,
                        anatomy: PromptBank, multi: PromptBank | None, pos: PromptBank | None,
                        neg: PromptBank | None) -> LossTerms:
@@ -283,21 +316,8 @@ def anatomy_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, o
         return terms
     sub = enc.select(sample_idx)
 
-    # region features (N', A', d) of the relevant anatomies (and the multi-box anatomies in token mode)
-    out = None
-    if mode == "token":
-        queries = anatomy.embed(model, opt.randomize_prompts)[anat_idx.cpu()].to(device)
-        if bool(multi_sel.any()):
-            mq = multi.embed(model, opt.randomize_prompts)[multi_sel.cpu()].to(device)
-            queries = torch.cat([queries, mq], dim=0)
-        out = _detect(model, sub, queries, None, opt.use_post_decoder)
-        feats = out.box_features[:, : anat_idx.numel()]
-    else:
-        # absent anatomies keep their zero target box: the reference encodes it like any box (its
-        # features reach the anatomy MSE, which ignores the present mask)
-        feats = model.detector.encode_regions(sub, boxes[sample_idx][:, anat_idx])
-        if opt.use_post_decoder and model.post_decoder is not None:
-            feats = model.post_decoder.refine_regions(feats, sub, None)
+    feats, out = _anatomy_region_features(model, sub, mode, opt, anatomy, anat_idx, multi, multi_sel,
+                                          boxes[sample_idx][:, anat_idx])
 
     row_of = torch.full((n,), -1, dtype=torch.long, device=device)  # sample -> row of `feats`
     row_of[sample_idx] = torch.arange(sample_idx.numel(), device=device)
@@ -341,12 +361,7 @@ def anatomy_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, o
         if w.anatomy_mse:
             terms.add("l_anat/sent_mse", w.anatomy_mse, masked_mse_loss(target, f, has_phrase))
         if w.anatomy_generation:
-            # the anatomy's phrases joined with a space; present anatomies with a non-empty text only
-            texts = [[" ".join(phrases[r][c]) for c in col_list] for r in row_list]
-            nonempty = torch.tensor([[bool(t.strip()) for t in row] for row in texts], dtype=torch.bool,
-                                    device=device).view(len(row_list), len(col_list))
-            gen_mask = (has_text & present)[text_rows][:, text_cols] & nonempty
-            flat = [t for row, ok_row in zip(texts, gen_mask.tolist()) for t, ok in zip(row, ok_row) if ok]
+            gen_mask, flat = _anatomy_texts(phrases, row_list, col_list, (has_text & present)[text_rows][:, text_cols])
             terms.add_generation("l_anat/anat_gen", w.anatomy_generation,
                                  generation_call(f[gen_mask], flat, opt.max_generated_sentences,
                                                  opt.generation_sampling))

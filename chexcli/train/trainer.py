@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,8 +38,8 @@ from chexcli.train.model_setup import (apply_freezing, build_model, load_skeleto
 from chexcli.train.objective import ChexObjective, TxtgenObjective
 from chexcli.train.recipe import resolve_recipe
 from chexcli.train.schedule import CosineWarmupSchedule
-from chexcli.workers import worker_init
 from chexcli.train.supervisors import LossWeights, SupervisionOptions
+from chexcli.workers import available_cpus, worker_init
 
 CONFIG_FILE = "config.yaml"
 ARGS_FILE = "args.json"
@@ -366,6 +366,7 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
         dist_utils.barrier(info)
 
     schedule = CosineWarmupSchedule.from_recipe(optim_cfg, max_steps)
+    workers = loader_workers(recipe["data"]["workers"], info)
     val_every = per_epoch if recipe["run"]["val_every"] is None else recipe["run"]["val_every"]  # 0: never
     ckpt_every = recipe["run"]["checkpoint_every"]
     log_every = recipe["run"]["log_every"]
@@ -376,8 +377,7 @@ def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
     with StopFlag() as stop, progress:
         while step < max_steps:
             dataset.set_epoch(epoch)
-            loader = _loader(dataset, sampler, epoch, position, loader_workers(recipe["data"]["workers"], info),
-                             device)
+            loader = _loader(dataset, sampler, epoch, position, workers, device)
             batches = iter(loader)
             for _ in range(position, per_epoch):
                 if step >= max_steps:
@@ -489,12 +489,8 @@ def _validation(model, objective, recipe, folders, device, batch_size, info, pro
 def loader_workers(requested: int, info) -> int:
     """Data-loader workers per process: the recipe's count, at most the CPUs this process may use
     divided among the processes of this machine (more only compete for the same cores)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
     local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world if info.enabled else 1))
-    return max(0, min(int(requested), cpus // max(1, local)))
+    return max(0, min(int(requested), available_cpus() // max(1, local)))
 
 
 def _loader(dataset, sampler: ShardedBatchSampler, epoch: int, position: int, workers: int, device):
