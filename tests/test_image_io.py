@@ -146,12 +146,31 @@ def test_png_16bit_keeps_precision(tmp_path):
     np.testing.assert_array_equal(u8, np.rint(a.astype(np.float64) * 255 / 65535).astype(np.uint8))
 
 
-def test_mode_i_tiff(tmp_path):
-    a = RNG.integers(0, 65536, size=(10, 12)).astype(np.int32)
-    p = tmp_path / "i.tif"
-    Image.fromarray(a, "I").save(p)
-    assert Image.open(p).mode == "I"
-    np.testing.assert_allclose(read_image(p), a / 65535, atol=1e-7)
+@pytest.mark.parametrize("suffix,fmt,named", [
+    (".tif", "TIFF", "TIFF"), (".bmp", "BMP", "BMP"), (".gif", "GIF", "GIF"), (".webp", "WEBP", "WEBP"),
+    (".ico", "ICO", "ICO"), (".ppm", "PPM", "PPM"), (".png", "TIFF", "TIFF"),  # the content decides, not the name
+])
+def test_formats_outside_the_allow_list_are_refused_by_name(tmp_path, suffix, fmt, named):
+    p = tmp_path / f"x{suffix}"
+    try:
+        Image.fromarray(_rgb8(16, 16), "RGB").save(p, format=fmt)
+    except (KeyError, OSError):
+        pytest.skip(f"this Pillow cannot write {fmt}")
+    for reader in (read_image, read_image_uint8, image_size):
+        with pytest.raises(ChexError) as ei:
+            reader(p)
+        _assert_one_line_error(ei, p, f"{named} images are not supported (supported: PNG, JPEG, DICOM)")
+
+
+def test_eps_never_reaches_ghostscript(tmp_path, monkeypatch):
+    p = tmp_path / "x.eps"
+    p.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    import subprocess
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a subprocess was started"))
+    monkeypatch.setattr(subprocess, "check_call", lambda *a, **k: pytest.fail("a subprocess was started"))
+    with pytest.raises(ChexError) as ei:
+        read_image(p)
+    _assert_one_line_error(ei, p, "EPS images are not supported")
 
 
 # --------------------------------------------------------------------------- DICOM

@@ -35,7 +35,7 @@ import pandas as pd
 from PIL import Image, ImageFile
 
 from chexcli.data.common import atomic_write_bytes, write_csv
-from chexcli.data.image_io import check_pixel_count
+from chexcli.data.image_io import check_pixel_count, open_pil_image
 from chexcli.errors import ChexError
 from chexcli.workers import worker_init
 
@@ -116,7 +116,7 @@ def load_cached_image(path: str, side: int) -> tuple[np.ndarray, int, int]:
     PIL's own size check is off here, so the pixel-count limit is checked from the header
     before anything is decoded (an image over it is skipped and listed).
     """
-    with _tolerant_decoding(), Image.open(path) as img:
+    with _tolerant_decoding(), open_pil_image(path) as img:
         w0, h0 = img.size
         check_pixel_count(path, w0, h0)
         if img.format == "JPEG":

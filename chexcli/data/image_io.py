@@ -2,7 +2,10 @@
 
 Supported inputs:
 
-* PNG and JPEG (and any other still-image format Pillow opens), 8- or 16-bit.
+* PNG and JPEG, 8- or 16-bit. No other raster format is read (:data:`IMAGE_FORMATS`):
+  TIFF, BMP, GIF, WebP, JPEG 2000, EPS and the rest of what Pillow could open are
+  refused with a one-line error that names the format, so a decoder nobody tested
+  (or Ghostscript, for EPS) never runs on an uploaded file.
   8-bit images of any colour mode (``L``, ``RGB``, ``RGBA``, ``LA``, ``P``, ...)
   are converted exactly as ``PIL.Image.convert("L")`` does (ITU-R 601-2 luma with
   Pillow's integer rounding, alpha ignored), which is what the reference does, so
@@ -35,7 +38,7 @@ import numpy as np
 
 from chexcli.errors import ChexError
 
-__all__ = ["read_image", "read_image_uint8", "is_dicom", "image_size", "check_image_size", "check_pixel_count",
+__all__ = ["IMAGE_FORMATS", "PIL_FORMATS", "open_pil_image", "read_image", "read_image_uint8", "is_dicom", "image_size", "check_image_size", "check_pixel_count",
            "max_image_pixels", "DEFAULT_MAX_IMAGE_PIXELS", "MAX_PIXELS_ENV"]
 
 # The largest chest X-rays are about 4300 x 4300 (18.5 Mpx). Decoding costs up to ~20 bytes
@@ -44,6 +47,10 @@ DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 MAX_PIXELS_ENV = "CHEX_MAX_IMAGE_PIXELS"
 
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
+
+# The allow-list every reader shares: Pillow opens only these, DICOM goes to pydicom.
+PIL_FORMATS = ("PNG", "JPEG")
+IMAGE_FORMATS = ("PNG", "JPEG", "DICOM")
 
 # Kinds returned by the internal reader.
 _U8, _U16, _FLOAT = "u8", "u16", "float"
@@ -199,22 +206,61 @@ def _read(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
+def open_pil_image(path: str | os.PathLike):
+    """``Image.open(path, formats=PIL_FORMATS)`` (header only; lazy), or a one-line ChexError:
+    a file in another format names that format, anything else says it is not an image.
+
+    The caller owns PIL's global settings (the pixel limit); use it as a context manager.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path, formats=PIL_FORMATS)
+    except UnidentifiedImageError:
+        other = sniff_pil_format(path)
+        if other:
+            raise ChexError(f"{path}: {other} images are not supported (supported: "
+                            f"{', '.join(IMAGE_FORMATS)}); convert it to PNG first") from None
+        raise ChexError(f"{path}: not a recognised image file (supported: "
+                        f"{', '.join(IMAGE_FORMATS)})") from None
+
+
+def sniff_pil_format(path: str | os.PathLike) -> str | None:
+    """The name of the image format Pillow would recognise in ``path`` from its first bytes
+    (the plugins' signature checks only; no header is parsed, no decoder runs), or None."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(64)
+    except OSError:
+        return None
+    Image.init()
+    for name, (_factory, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(prefix):
+                return name
+        except Exception:  # a signature check that chokes on a short prefix
+            continue
+    return None
+
+
 @contextlib.contextmanager
 def _open_pil(path: Path):
-    """``Image.open`` (header only) with PIL's own bomb check off: our pixel limit replaces it,
-    so no DecompressionBombWarning/Error. One-line ChexError when the file is not an image."""
-    from PIL import Image, UnidentifiedImageError
+    """:func:`open_pil_image` with PIL's own bomb check off: our pixel limit replaces it, so no
+    DecompressionBombWarning/Error. One-line ChexError when the file is not an allowed image."""
+    from PIL import Image
 
     try:
         with _PIL_LIMIT_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                im = Image.open(path)
+                im = open_pil_image(path)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
-    except UnidentifiedImageError:
-        raise ChexError(f"{path}: not a recognised image file (supported: PNG, JPEG, DICOM)") from None
+    except ChexError:
+        raise
     except Exception as e:  # a header the plugin cannot parse
         raise ChexError(f"{path}: corrupt or truncated image file ({_one_line(e)})") from None
     with im:
