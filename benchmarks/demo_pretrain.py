@@ -27,7 +27,7 @@ from chexcli.data.dataset import ChexDataset, collate
 from chexcli.data.names import anatomy_names
 from chexcli.demo.pretrain import CIG_TABLE, load_training_targets, pretrain_image_tower, random_stage1_model
 from chexcli.metrics.classification import binary_auroc
-from chexcli.model.box_ops import soft_roi_pool
+from chexcli.model.roi_pool import soft_roi_pool
 
 KINDS = ("nodule", "opacity", "consolidation", "effusion", "pneumothorax", "cardiomegaly")
 

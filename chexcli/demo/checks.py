@@ -65,8 +65,7 @@ import torch
 from chexcli.data.dataset import ChexDataset, collate
 from chexcli.data.names import anatomy_names
 from chexcli.data.transforms import EvalTransform
-from chexcli.metrics.boxes import as_boxes, box_iou_cxcywh, cxcywh_to_xyxy
-from chexcli.model.box_ops import hull_box
+from chexcli.boxes import as_boxes, box_iou_cxcywh, hull_box, paired_iou
 from chexcli.model.classify import classify_features
 
 CIG = "cig_boxclssent"
@@ -102,24 +101,6 @@ RULE = ("right = the sentence affirms the finding's word (nodule|mass, opacity|o
 
 
 # ------------------------------------------------------------------------------------------ boxes
-def _area(corners: np.ndarray) -> np.ndarray:
-    """(M, 4) corner boxes -> (M,) areas (0 for inverted boxes)."""
-    return np.clip(corners[:, 2] - corners[:, 0], 0, None) * np.clip(corners[:, 3] - corners[:, 1], 0, None)
-
-
-def paired_iou(a, b) -> np.ndarray:
-    """Elementwise IoU of center-format boxes a, b (..., 4) -> (...)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    shape = np.broadcast_shapes(a.shape, b.shape)[:-1]
-    ca = cxcywh_to_xyxy(np.broadcast_to(a, shape + (4,)).reshape(-1, 4))
-    cb = cxcywh_to_xyxy(np.broadcast_to(b, shape + (4,)).reshape(-1, 4))
-    wh = np.clip(np.minimum(ca[:, 2:], cb[:, 2:]) - np.maximum(ca[:, :2], cb[:, :2]), 0, None)
-    inter = wh[:, 0] * wh[:, 1]
-    union = _area(ca) + _area(cb) - inter
-    iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-    return iou.reshape(shape)
-
-
 def best_constant_box(boxes, max_candidates: int = 200, criterion: str = "mean_iou") -> np.ndarray:
     """The constant box that best fits boxes (M, 4) center format -> (4,).
 

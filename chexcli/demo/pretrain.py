@@ -92,7 +92,7 @@ def pretrain_image_tower(model, data: dict[str, Tensor], updates: int, batch_siz
     """Train `model.img_encoder` in place with the cells + regions objective; returns the losses.
 
     The heads (a LayerNorm and two linear layers) are dropped afterwards. `on_step(update, loss, lr)`."""
-    from chexcli.model.box_ops import soft_roi_pool
+    from chexcli.model.roi_pool import soft_roi_pool
     from chexcli.train.schedule import CosineWarmupSchedule
 
     gen = torch.Generator().manual_seed(seed)

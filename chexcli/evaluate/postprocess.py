@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from chexcli.metrics.boxes import as_boxes, box_iou_xyxy, clip_cxcywh, cxcywh_to_xyxy, xyxy_to_cxcywh
+from chexcli.boxes import as_boxes, box_iou_xyxy, clip_boxes, cxcywh_to_xyxy, xyxy_to_cxcywh
 
 
 def scale_boxes(boxes, factors) -> np.ndarray:
@@ -15,7 +15,7 @@ def scale_boxes(boxes, factors) -> np.ndarray:
     b = as_boxes(boxes).copy()
     f = np.asarray(factors, dtype=np.float64)
     b[:, 2:] *= f[..., None] if f.ndim else f
-    return clip_cxcywh(b)
+    return clip_boxes(b)
 
 
 def nms(boxes, scores, labels, threshold: float) -> np.ndarray:
@@ -82,7 +82,7 @@ def postprocess_detections(boxes, weights, logits, labels, settings: dict, class
         per_class = np.array([float(factors.get(n, 1.0)) for n in class_names])
         boxes = scale_boxes(boxes, per_class[labels])
     elif settings.get("clip_boxes", True):
-        boxes = clip_cxcywh(boxes)
+        boxes = clip_boxes(boxes)
     if len(boxes) == 0:
         return boxes, scores, labels
     if settings.get("postprocess", "nms") == "top1_boxfusion":

@@ -18,7 +18,7 @@ import numpy as np
 
 from chexcli.errors import ChexError
 from chexcli.evaluate.tasks import TaskConfig
-from chexcli.metrics.boxes import cxcywh_to_xyxy
+from chexcli.boxes import cxcywh_to_xyxy
 
 HINT = "pass a .predictions.jsonl written by `chex evaluate`"
 

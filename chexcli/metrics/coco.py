@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from chexcli.metrics.boxes import cxcywh_to_xyxy
+from chexcli.boxes import cxcywh_to_xyxy
 from chexcli.metrics.detection import ImageBoxes
 
 

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from chexcli.metrics.boxes import as_boxes, box_iou_cxcywh
+from chexcli.boxes import as_boxes, box_iou_cxcywh
 
 IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 REPORTED_THRESHOLDS: tuple[float, ...] = (0.1, 0.3, 0.5)

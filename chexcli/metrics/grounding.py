@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from chexcli.metrics.boxes import as_boxes, cxcywh_to_xyxy
+from chexcli.boxes import as_boxes, cxcywh_to_xyxy
 
 GRID = 1024
 SCORE_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from chexcli.metrics.boxes import box_iou_cxcywh
+from chexcli.boxes import box_iou_cxcywh
 from chexcli.metrics.detection import IOU_THRESHOLDS, RECALL_THRESHOLDS, ImageBoxes, summarize_ap
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from chexcli.model.box_ops import clip_boxes as clip_to_image
+from chexcli.boxes import clip_boxes as clip_to_image
 from chexcli.model.clip import VisionTransformer
 from chexcli.model.config import ChexConfig
 from chexcli.model.conv_encoder import ConvTower

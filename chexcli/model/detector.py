@@ -7,7 +7,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor, nn
 
-from chexcli.model.box_ops import hull_box, soft_roi_pool
+from chexcli.boxes import hull_box
+from chexcli.model.roi_pool import soft_roi_pool
 from chexcli.model.config import ChexConfig
 from chexcli.model.layers import MLP, DecoderBlock, Dropout, block_diagonal, combine_self_attention_masks
 

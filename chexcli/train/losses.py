@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from chexcli.model.box_ops import cxcywh_to_xyxy
+from chexcli.boxes import generalized_box_iou
 from chexcli.train.matcher import batched_balanced_match
 
 L1_COEFF, GIOU_COEFF = 5.0, 2.0  # box regression: 5 L1 + 2 (1 - GIoU), in losses and matching costs
@@ -19,21 +19,6 @@ CLS_COST_COEFF = 1.0  # pathology matching cost: 1 x (1 - class probability)
 
 
 # ------------------------------------------------------------------------------------------ boxes
-def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Elementwise GIoU of broadcastable center boxes (..., 4) -> (...). Areas clamped at 1e-7."""
-    a, b = cxcywh_to_xyxy(a), cxcywh_to_xyxy(b)
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    lo = torch.maximum(a[..., :2], b[..., :2])
-    hi = torch.minimum(a[..., 2:], b[..., 2:])
-    inter = (hi - lo).clamp(min=0).prod(dim=-1)
-    union = area_a + area_b - inter
-    lo_c = torch.minimum(a[..., :2], b[..., :2])
-    hi_c = torch.maximum(a[..., 2:], b[..., 2:])
-    hull = (hi_c - lo_c).clamp(min=0).prod(dim=-1)
-    return inter / union.clamp(min=1e-7) - (hull - union) / hull.clamp(min=1e-7)
-
-
 def box_pair_loss(pred: Tensor, target: Tensor, l1_coeff: float = L1_COEFF, giou_coeff: float = GIOU_COEFF) -> Tensor:
     """Elementwise 5 * L1 + 2 * (1 - GIoU) of broadcastable boxes (..., 4) -> (...)."""
     l1 = (pred - target).abs().sum(dim=-1)

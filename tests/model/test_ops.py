@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from chexcli.model.box_ops import clip_boxes, cxcywh_to_xyxy, hull_box, soft_roi_pool, xyxy_to_cxcywh
+from chexcli.boxes import clip_boxes, cxcywh_to_xyxy, hull_box, xyxy_to_cxcywh
+from chexcli.model.roi_pool import soft_roi_pool
 from chexcli.model.classify import classify_features
 from chexcli.model.layers import block_diagonal, combine_self_attention_masks
 

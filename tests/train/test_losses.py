@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from chexcli.boxes import generalized_box_iou
 from chexcli.train.losses import (anatomy_classification_loss, binary_focal_loss, box_cost,
-                                  expected_count_subsample, generalized_box_iou, generation_loss,
+                                  expected_count_subsample, generation_loss,
                                   global_contrastive_loss, masked_mse_loss, multi_box_loss, negative_class_subset,
                                   pathology_classification_loss, pathology_detection_loss,
                                   sentence_region_contrastive_loss, single_box_loss)
