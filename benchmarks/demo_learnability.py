@@ -38,8 +38,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from chexcli.data.cache import open_cache
-from chexcli.data.synthetic_draw import FINDING_KINDS
+from chexcli.data.images.cache import open_cache
+from chexcli.data.synthetic.scene import FINDING_KINDS
 from chexcli.data.transforms import EvalTransform, Targets
 from chexcli.metrics.classification import binary_auroc
 from chexcli.model.clip import VisionTransformer

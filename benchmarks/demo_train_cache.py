@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chexcli.data.dataset import collate  # noqa: E402
-from chexcli.data.synthetic import prepare_synthetic  # noqa: E402
+from chexcli.data.prepare.synthetic import prepare_synthetic  # noqa: E402
 from chexcli.demo.pretrain import random_stage1_model  # noqa: E402
 from chexcli.demo.run import FULL  # noqa: E402
 from chexcli.model.gpt2_text import build_tiny_gpt2_tokenizer  # noqa: E402

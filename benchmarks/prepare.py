@@ -77,7 +77,7 @@ def baseline(paths: list[Path], side: int = 256) -> float:
 
 def _run_prepare(raw: Path, out: Path, workers: int, q) -> None:
     """Runs in a fresh process: its own peak RSS and its workers' are the numbers reported."""
-    from chexcli.data.prepare import prepare
+    from chexcli.data.prepare.dispatch import prepare
 
     t0 = time.perf_counter()
     res = prepare("mimic-cxr-jpg", raw, out, workers=workers, progress=False)

@@ -168,7 +168,7 @@ def _predict_into(run_dir: Path, predictor, paths: list[Path], prompts: list[str
                   batch_size: int, box_format: str, write_images: bool, report: bool) -> int:
     from tqdm import tqdm
 
-    from chexcli.data.image_io import read_image
+    from chexcli.data.images.readers import read_image
 
     failures: list[str] = []
     box_errors = written = 0

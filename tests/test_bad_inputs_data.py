@@ -43,7 +43,7 @@ class Shared:
     def mimic_jpg_done(self) -> Path:
         """A processed folder after `prepare mimic-cxr-jpg` (the other MIMIC steps need it)."""
         if self._mimic is None:
-            from chexcli.data.prepare import prepare
+            from chexcli.data.prepare.dispatch import prepare
 
             raw = ds.make_mimic_jpg(self.root / "mimic-raw", corrupt=None)
             prepare("mimic-cxr-jpg", raw, self.root / "mimic-out", progress=False)
@@ -53,7 +53,7 @@ class Shared:
     def nih_prepared(self) -> tuple[Path, Path]:
         """(raw, processed) NIH folders."""
         if self._nih is None:
-            from chexcli.data.prepare import prepare
+            from chexcli.data.prepare.dispatch import prepare
 
             raw = ds.make_nih(self.root / "nih-raw", size=64)
             prepare("nih-cxr14", raw, self.root / "nih-out", progress=False)

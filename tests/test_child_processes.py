@@ -100,7 +100,7 @@ def _left_after(pids: set[int], seconds: float = 10) -> set[int]:
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    from chexcli.data.synthetic import prepare_synthetic
+    from chexcli.data.prepare.synthetic import prepare_synthetic
 
     out = tmp_path_factory.mktemp("synth") / "data"
     prepare_synthetic(out, n=60, seed=0, progress=False)

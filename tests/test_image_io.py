@@ -1,4 +1,4 @@
-"""Tests of chexcli.data.image_io: every supported format and the error messages."""
+"""Tests of chexcli.data.images.readers: every supported format and the error messages."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chexcli.data.image_io import (
+from chexcli.data.images.readers import (
     DEFAULT_MAX_IMAGE_PIXELS,
     MAX_PIXELS_ENV,
     check_image_size,

@@ -85,7 +85,7 @@ def thresholded_equal(actual, reference_bool, reference_score, threshold=0.5, ma
 
 
 def test_preprocessing(expected, image_paths):
-    from chexcli.data.image_io import read_image
+    from chexcli.data.images.readers import read_image
     from chexcli.model.preprocess import preprocess_image
 
     x = torch.stack([preprocess_image(read_image(p))[0] for p in image_paths])
@@ -254,7 +254,7 @@ def test_single_query_prediction_matches_reference(bundle, model, expected, expe
     """`chex predict` with one --prompt / one --box gives the reference's single-query results."""
     from PIL import Image
 
-    from chexcli.data.image_io import read_image
+    from chexcli.data.images.readers import read_image
     from chexcli.predict import Predictor
 
     # one prompt: the reference's per-query detection without a query mask (queries are independent there)

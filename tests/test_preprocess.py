@@ -309,7 +309,7 @@ def test_validate_pixel_box_errors(box, words):
 def parity():
     if not (PARITY / "expected/outputs.pt").is_file():
         pytest.skip(f"reference parity fixtures not found at {PARITY}")
-    from chexcli.data.image_io import read_image
+    from chexcli.data.images.readers import read_image
 
     outputs = torch.load(PARITY / "expected/outputs.pt", weights_only=True)
     meta = json.loads((PARITY / "expected/outputs.json").read_text())["preprocessing"]

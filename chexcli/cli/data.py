@@ -31,7 +31,7 @@ def fetch(
 
     Example: chex data fetch mimic-cxr --include 'mimic-cxr-reports.zip' --to ~/datasets/MIMIC-CXR/mimic-cxr_2-0-0
     """
-    from chexcli.data.fetch import fetch as do_fetch
+    from chexcli.data.fetch.run import fetch as do_fetch
     from chexcli.data.sources import default_raw
     from chexcli.errors import ChexError
 
@@ -77,7 +77,7 @@ def prepare(
 
     Example: chex data prepare synthetic --n 4000 --seed 0 --out data/synthetic
     """
-    from chexcli.data.prepare import prepare as do_prepare
+    from chexcli.data.prepare.dispatch import prepare as do_prepare
     from chexcli.data.sources import default_out, default_raw, resolve_name
     from chexcli.errors import ChexError
 
@@ -115,7 +115,7 @@ def info(
     """
     from rich.console import Console
 
-    from chexcli.data.info import folder_info, render_info
+    from chexcli.data.processed.info import folder_info, render_info
 
     inf = folder_info(folder)
     if as_json:

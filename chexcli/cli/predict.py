@@ -50,7 +50,7 @@ def _is_image_file(f: Path) -> bool:
         return False
     if f.suffix.lower() in IMAGE_SUFFIXES:
         return True
-    from chexcli.data.image_io import is_dicom
+    from chexcli.data.images.readers import is_dicom
 
     return is_dicom(f)
 

@@ -1,4 +1,4 @@
-"""Class and anatomy name lists (DATASETS.md section 12), read from the packaged YAML."""
+"""Class and anatomy name lists (docs/data.md#class-and-anatomy-names), read from the packaged YAML."""
 
 from __future__ import annotations
 
@@ -9,22 +9,23 @@ import yaml
 
 
 @lru_cache(maxsize=1)
-def _names() -> dict:
+def name_lists() -> dict:
+    """The packaged YAML of class names, anatomy names, multi-anatomy groups and prompt sets."""
     text = resources.files("chexcli").joinpath("configs", "prompts_and_names.yaml").read_text("utf-8")
     return yaml.safe_load(text)
 
 
 def class_names(list_name: str) -> list[str]:
     """Ordered class names of a list (e.g. ``cig_all``, ``vindrcxr_loc``)."""
-    return list(_names()["class_names"][list_name])
+    return list(name_lists()["class_names"][list_name])
 
 
 def anatomy_names(list_name: str = "cig_default") -> list[str]:
-    return list(_names()["anatomy_names"][list_name])
+    return list(name_lists()["anatomy_names"][list_name])
 
 
 def multibox_mapping(name: str = "cig_mapping") -> dict[str, list[str]]:
-    return {k: list(v) for k, v in _names()["anatomy_multibox_mapping"][name].items()}
+    return {k: list(v) for k, v in name_lists()["anatomy_multibox_mapping"][name].items()}
 
 
 # VinDr-CXR: the 28 label columns of the 1.0.0 release (22 local then 6 global).

@@ -9,6 +9,7 @@ from pathlib import Path
 from chexcli.errors import ChexError
 
 PHYSIONET = "https://physionet.org"
+KAGGLE = "https://www.kaggle.com"
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Source:
     @property
     def agreement_page(self) -> str:
         if self.host == "kaggle":
-            return f"https://www.kaggle.com/datasets/{self.project}"
+            return f"{KAGGLE}/datasets/{self.project}"
         return f"{PHYSIONET}/content/{self.project}/{self.version}/"
 
 

@@ -1,6 +1,6 @@
 """Training and evaluation transforms applied to an image and all its boxes together.
 
-TRAINING.md section 5: random resized crop -> 224, horizontal flip (p 0.5), affine
+docs/data.md#augmentation: random resized crop -> 224, horizontal flip (p 0.5), affine
 (rotation, independent x/y scale, translation), brightness/contrast jitter, Gaussian blur,
 normalisation ((x - 0.505) / 0.248). Boxes are relative corner boxes ``(x1, y1, x2, y2)`` in
 [0, 1]; after every geometric step they are clipped to the image and dropped when less

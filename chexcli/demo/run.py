@@ -114,7 +114,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, name: str = "demo",
 
 # ------------------------------------------------------------------------------------------ steps
 def _prepare(data: Path, plan: DemoPlan, seed: int, echo) -> None:
-    from chexcli.data.synthetic import prepare_synthetic
+    from chexcli.data.prepare.synthetic import prepare_synthetic
 
     res = prepare_synthetic(data, n=plan.images, seed=seed, workers=max(1, plan.workers + 1), progress=True)
     counts = next(iter(res.datasets.values()), {}).get("splits", {})
@@ -178,7 +178,7 @@ def _predict(bundle: Path, data: Path, out: Path, plan: DemoPlan, echo) -> list[
     import pandas as pd
     from PIL import Image
 
-    from chexcli.data.cache import open_cache
+    from chexcli.data.images.cache import open_cache
     from chexcli.predict_run import run_predict
 
     truth = pd.read_csv(data / "synthetic.csv", keep_default_na=False)

@@ -2,7 +2,7 @@
 
 Per image (ARCHITECTURE.md §2):
 
-1. grayscale float32 in [0, 1] (see :mod:`chexcli.data.image_io`);
+1. grayscale float32 in [0, 1] (see :mod:`chexcli.data.images.readers`);
 2. optional MIMIC-style pre-downsampling (:func:`area_downsample_256`): shortest side to
    256 with OpenCV ``INTER_AREA`` semantics, centre crop 256 x 256;
 3. centre crop to the short side ``s`` with integer offsets ``(H - s) // 2``,

@@ -255,7 +255,7 @@ class ServeSession:
         return self.add_upload(source.read_bytes(), source.name)
 
     def _add(self, image_id: str, name: str, path: Path) -> ImageEntry:
-        from chexcli.data.image_io import read_image
+        from chexcli.data.images.readers import read_image
 
         try:
             gray = read_image(path) if self.max_pixels is None else read_image(path, max_pixels=self.max_pixels)

@@ -4,7 +4,7 @@ import torch
 
 import datasynth as ds
 from chexcli.data.dataset import ChexDataset, MixedDataset, collate, to_center, to_relative
-from chexcli.data.prepare import prepare
+from chexcli.data.prepare.dispatch import prepare
 from chexcli.data.transforms import EvalTransform, Targets, TrainTransform, swap_left_right
 
 D = [r[0] for r in ds.MIMIC_IMAGES]

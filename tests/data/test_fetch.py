@@ -5,7 +5,13 @@ import time
 
 import pytest
 
-from chexcli.data import fetch as F
+from chexcli.data.fetch import checksums, download
+from chexcli.data.fetch.credentials import Credentials, physionet_credentials
+from chexcli.data.fetch.download import download_file
+from chexcli.data.fetch.errors import PermanentError
+from chexcli.data.fetch.options import FetchOptions
+from chexcli.data.fetch.physionet import fetch_physionet
+from chexcli.data.fetch.run import fetch
 from chexcli.data.sources import get_source
 from chexcli.errors import ChexError
 from fakeserver import FakeServer
@@ -26,40 +32,40 @@ def make_server(**kw):
 
 
 def opts():
-    return F.FetchOptions(workers=2, retries=3, backoff=0.01, timeout=5, progress=False, log=lambda m: None)
+    return FetchOptions(workers=2, retries=3, backoff=0.01, timeout=5, progress=False, log=lambda m: None)
 
 
 def creds(pw=PW):
-    return F.Credentials("alice", pw)
+    return Credentials("alice", pw)
 
 
 def test_fetch_default_include_verifies_and_skips(tmp_path):
     with make_server() as srv:
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, None, opts())
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, None, opts())
         # default include for the reports project: the zip and the csv.gz, not the DICOM files
         assert sorted(rep.downloaded) == ["cxr-study-list.csv.gz", "mimic-cxr-reports.zip"]
         assert (tmp_path / "mimic-cxr-reports.zip").read_bytes() == BIG
         assert not (tmp_path / "files").exists()
         assert not list(tmp_path.rglob("*.part"))
         n_before = len(srv.requests)
-        rep2 = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, None, opts())
+        rep2 = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, None, opts())
         assert rep2.downloaded == [] and sorted(rep2.skipped) == sorted(rep.downloaded)
         assert len(srv.requests) == n_before + 1  # only SHA256SUMS.txt was requested again
 
 
 def test_include_glob(tmp_path):
     with make_server() as srv:
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["files/*"], opts())
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["files/*"], opts())
         assert rep.downloaded == ["files/p10/p10000032/s50414267/a.dcm"]
         assert (tmp_path / "files/p10/p10000032/s50414267/a.dcm").read_bytes() == FILES["files/p10/p10000032/s50414267/a.dcm"]
         with pytest.raises(ChexError, match="matches --include"):
-            F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["nothing*"], opts())
+            fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["nothing*"], opts())
 
 
 def test_resume_after_dropped_connection(tmp_path):
     with make_server() as srv:
         srv.drop_after["mimic-cxr-reports.zip"] = 100_000
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
                                 ["mimic-cxr-reports.zip"], opts())
         assert rep.downloaded == ["mimic-cxr-reports.zip"]
         assert (tmp_path / "mimic-cxr-reports.zip").read_bytes() == BIG
@@ -73,12 +79,12 @@ def test_interrupted_file_never_under_final_name(tmp_path):
         srv.drop_after["mimic-cxr-reports.zip"] = 50_000
         o = opts()
         o.retries = 0
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
                                 ["mimic-cxr-reports.zip"], o)
         assert rep.failed and not (tmp_path / "mimic-cxr-reports.zip").exists()
         assert (tmp_path / "mimic-cxr-reports.zip.part").stat().st_size == 50_000
         # a second run resumes from the partial file
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
                                 ["mimic-cxr-reports.zip"], opts())
         assert rep.downloaded == ["mimic-cxr-reports.zip"]
         assert srv.gets("mimic-cxr-reports.zip")[-1]["Range"] == "bytes=50000-"
@@ -88,7 +94,7 @@ def test_interrupted_file_never_under_final_name(tmp_path):
 def test_corrupted_download_and_corrupted_local_file_refetched(tmp_path):
     with make_server() as srv:
         srv.corrupt_once.add("cxr-study-list.csv.gz")
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
                                 ["cxr-study-list.csv.gz"], opts())
         assert rep.downloaded == ["cxr-study-list.csv.gz"]
         assert len(srv.gets("cxr-study-list.csv.gz")) == 2  # digest mismatch -> fetched again
@@ -97,7 +103,7 @@ def test_corrupted_download_and_corrupted_local_file_refetched(tmp_path):
         # damage the local file: the next run notices (size/mtime changed) and re-fetches
         target.write_bytes(b"x" * len(FILES["cxr-study-list.csv.gz"]))
         os.utime(target, ns=(1, 1))
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
                                 ["cxr-study-list.csv.gz"], opts())
         assert rep.downloaded == ["cxr-study-list.csv.gz"]
         assert target.read_bytes() == FILES["cxr-study-list.csv.gz"]
@@ -106,7 +112,7 @@ def test_corrupted_download_and_corrupted_local_file_refetched(tmp_path):
 def test_bad_credentials_one_message_no_retry_storm(tmp_path):
     with make_server() as srv:
         with pytest.raises(ChexError) as ei:
-            F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds("Wr0ngPw-xyz"), srv.url, None, opts())
+            fetch_physionet(get_source("mimic-cxr"), tmp_path, creds("Wr0ngPw-xyz"), srv.url, None, opts())
         msg = str(ei.value)
         assert "HTTP 401" in msg and "https://physionet.org/content/mimic-cxr/2.0.0/" in msg
         assert "Wr0ngPw-xyz" not in msg and ei.value.exit_code == 2  # a credential error
@@ -119,7 +125,7 @@ def test_403_on_a_file_stops_all_jobs(tmp_path):
         o = opts()
         o.workers = 1
         with pytest.raises(ChexError, match="HTTP 403.*data use agreement"):
-            F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["*"], o)
+            fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["*"], o)
         assert len(srv.gets("mimic-cxr-reports.zip")) == 1
 
 
@@ -128,7 +134,7 @@ def test_traversal_entries_refused(tmp_path, bad):
     with make_server() as srv:
         srv.publish_sums(extra=f"{'0' * 64} {bad}\n")
         with pytest.raises(ChexError, match="unsafe path"):
-            F.fetch_physionet(get_source("mimic-cxr"), tmp_path / "t", creds(), srv.url, ["*"], opts())
+            fetch_physionet(get_source("mimic-cxr"), tmp_path / "t", creds(), srv.url, ["*"], opts())
         assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "SHA256SUMS.txt"]
         assert not (tmp_path / "outside.txt").exists()
 
@@ -137,8 +143,8 @@ def test_network_error_bounded_retries(tmp_path):
     o = opts()
     o.retries = 2
     t0 = time.monotonic()
-    with pytest.raises(F.PermanentError, match="giving up after 3 attempts: network error: Connection refused"):
-        F.download_file("http://127.0.0.1:9/x", tmp_path / "x", None, None, o)
+    with pytest.raises(PermanentError, match="giving up after 3 attempts: network error: Connection refused"):
+        download_file("http://127.0.0.1:9/x", tmp_path / "x", None, None, o)
     assert time.monotonic() - t0 < 5
     assert not (tmp_path / "x").exists()
 
@@ -146,17 +152,17 @@ def test_network_error_bounded_retries(tmp_path):
 def test_credentials_sources(monkeypatch, tmp_path):
     monkeypatch.setenv("PHYSIONET_USER", "bob")
     monkeypatch.setenv("PHYSIONET_PASSWORD", "pw1")
-    c = F.physionet_credentials("physionet.org", interactive=False)
+    c = physionet_credentials("physionet.org", interactive=False)
     assert (c.user, c.password) == ("bob", "pw1") and "pw1" not in repr(c)
     monkeypatch.delenv("PHYSIONET_PASSWORD")
     monkeypatch.delenv("PHYSIONET_USER")
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / ".netrc").write_text("machine physionet.org login carol password pw2\n")
     (tmp_path / ".netrc").chmod(0o600)
-    c = F.physionet_credentials("physionet.org", interactive=False)
+    c = physionet_credentials("physionet.org", interactive=False)
     assert (c.user, c.password) == ("carol", "pw2")
     with pytest.raises(ChexError, match="PHYSIONET_USER"):
-        F.physionet_credentials("other.host", interactive=False)
+        physionet_credentials("other.host", interactive=False)
 
 
 def test_password_not_in_process_list_logs_or_files(tmp_path):
@@ -197,21 +203,21 @@ def test_kaggle_download_resume_and_extract(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLE_USERNAME", "kuser")
     monkeypatch.setenv("KAGGLE_KEY", "kkey")
     with srv:
-        rep = F.fetch("nih-cxr14", tmp_path, base_url=srv.url, progress=False, backoff=0.01)
+        rep = fetch("nih-cxr14", tmp_path, base_url=srv.url, progress=False, backoff=0.01)
         assert rep.downloaded == ["nih-chest-xrays/data"]
         assert (tmp_path / "images_001/images/00000001_000.png").stat().st_size == 5000
         assert srv.gets("nih-chest-xrays/data")[-1]["Range"] == f"bytes={len(data) // 2}-"
         assert not list(tmp_path.glob("*.zip"))
-        assert F.fetch("nih-cxr14", tmp_path, base_url=srv.url, progress=False).skipped
+        assert fetch("nih-cxr14", tmp_path, base_url=srv.url, progress=False).skipped
         monkeypatch.setenv("KAGGLE_KEY", "bad")
         with pytest.raises(ChexError, match="HTTP 401"):
-            F.fetch("nih-cxr14", tmp_path / "other", base_url=srv.url, progress=False)
+            fetch("nih-cxr14", tmp_path / "other", base_url=srv.url, progress=False)
 
 
 # ----------------------------------------------------------------------------- network faults
 def fast_opts(**kw):
     """Small limits so that every fault below costs well under a second per attempt."""
-    o = F.FetchOptions(workers=2, retries=3, backoff=0.01, timeout=0.5, stall_timeout=0.6,
+    o = FetchOptions(workers=2, retries=3, backoff=0.01, timeout=0.5, stall_timeout=0.6,
                        stall_bytes=1000, progress=False, log=lambda m: None)
     for k, v in kw.items():
         setattr(o, k, v)
@@ -223,7 +229,7 @@ def test_checksum_list_retried_after_500_close_and_silence(tmp_path):
         srv.faults["SHA256SUMS.txt"] = ["500", "close", "silence"]
         logs = []
         t0 = time.monotonic()
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
                                 ["cxr-study-list.csv.gz"], fast_opts(stall_timeout=0, log=logs.append))
         assert time.monotonic() - t0 < 5
         assert rep.downloaded == ["cxr-study-list.csv.gz"]
@@ -238,7 +244,7 @@ def test_checksum_list_gives_up_with_one_line(tmp_path):
     with make_server() as srv:
         srv.faults["SHA256SUMS.txt"] = ["503"] * 10
         with pytest.raises(ChexError) as ei:
-            F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, None, fast_opts(retries=2))
+            fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, None, fast_opts(retries=2))
         msg = str(ei.value)
         assert ei.value.exit_code == 1 and "\n" not in msg
         assert "SHA256SUMS.txt: giving up after 3 attempts: HTTP 503" in msg
@@ -251,7 +257,7 @@ def test_silent_server_bounded_and_announced(tmp_path):
         srv.faults["cxr-study-list.csv.gz"] = ["silence"] * 10
         logs = []
         t0 = time.monotonic()
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["cxr-study-list.csv.gz"],
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["cxr-study-list.csv.gz"],
                                 fast_opts(retries=1, stall_timeout=0, log=logs.append))
         assert time.monotonic() - t0 < 5  # two attempts of 0.5 s, not minutes
         assert rep.failed == [("cxr-study-list.csv.gz", "giving up after 2 attempts: nothing from the server for 0.5 s (--timeout)")]
@@ -266,7 +272,7 @@ def test_trickling_server_abandoned_and_resumed(tmp_path):
         srv.faults["mimic-cxr-reports.zip"] = ["trickle"]  # 20 bytes/s: never a 0.5 s silence
         logs = []
         t0 = time.monotonic()
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["mimic-cxr-reports.zip"],
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["mimic-cxr-reports.zip"],
                                 fast_opts(log=logs.append))
         assert time.monotonic() - t0 < 5
         assert rep.downloaded == ["mimic-cxr-reports.zip"]
@@ -279,7 +285,7 @@ def test_trickling_server_abandoned_and_resumed(tmp_path):
 def test_trickle_without_retries_fails_with_the_rule(tmp_path):
     with make_server() as srv:
         srv.faults["mimic-cxr-reports.zip"] = ["trickle"]
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["mimic-cxr-reports.zip"],
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["mimic-cxr-reports.zip"],
                                 fast_opts(retries=0))
         assert rep.failed == [("mimic-cxr-reports.zip", "giving up after 1 attempt: fewer than 1000 bytes "
                                "arrived in 0.6 s (--stall-bytes/--stall-timeout)")]
@@ -290,7 +296,7 @@ def test_headers_trickled_forever_are_cut_off(tmp_path):
     with make_server() as srv:
         srv.faults["SHA256SUMS.txt"] = ["slow-headers"]
         t0 = time.monotonic()
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["cxr-study-list.csv.gz"],
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["cxr-study-list.csv.gz"],
                                 fast_opts(timeout=5))
         assert time.monotonic() - t0 < 5
         assert rep.downloaded == ["cxr-study-list.csv.gz"] and len(srv.gets("SHA256SUMS.txt")) == 2
@@ -300,7 +306,7 @@ def test_listing_with_file_and_folder_of_same_name(tmp_path):
     files = {"a": b"file a", "a/b": b"file a/b", "c.txt": b"c"}
     with FakeServer(files, password=PW) as srv:
         srv.publish_sums()
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["*"], fast_opts())
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, ["*"], fast_opts())
         assert sorted(rep.downloaded) == ["a/b", "c.txt"]
         assert rep.failed == [("a", "SHA256SUMS.txt lists it both as a file and as a folder of other files")]
         assert rep.final == ["a"] and not rep.rerun_helps
@@ -310,7 +316,7 @@ def test_listing_with_file_and_folder_of_same_name(tmp_path):
 def test_local_write_error_is_one_line_and_keeps_the_rest(tmp_path):
     with make_server() as srv:
         (tmp_path / "cxr-study-list.csv.gz").mkdir()  # a folder where the file must go
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, None, fast_opts())
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, None, fast_opts())
         assert rep.downloaded == ["mimic-cxr-reports.zip"]
         (rel, why), = rep.failed
         assert rel == "cxr-study-list.csv.gz" and why == f"cannot write {tmp_path / rel}: Is a directory"
@@ -324,10 +330,10 @@ def test_full_disk_stops_everything_and_keeps_parts(tmp_path, monkeypatch):
     def no_space(path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(F, "_sha256", no_space)
+    monkeypatch.setattr(download, "sha256_file", no_space)
     with make_server() as srv:
         with pytest.raises(ChexError) as ei:
-            F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, None, fast_opts())
+            fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, None, fast_opts())
         msg = str(ei.value)
         assert ei.value.exit_code == 1 and "No space left on device" in msg and "kept" in msg
         assert (tmp_path / "mimic-cxr-reports.zip.part").read_bytes() == BIG
@@ -337,9 +343,9 @@ def test_unexpected_worker_error_is_one_line(tmp_path, monkeypatch):
     def broken(self, rel, digest, path):
         raise RuntimeError("state exploded")
 
-    monkeypatch.setattr(F._State, "mark", broken)
+    monkeypatch.setattr(checksums.VerifiedFiles, "mark", broken)
     with make_server() as srv:
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
                                 ["cxr-study-list.csv.gz"], fast_opts())
         assert rep.failed == [("cxr-study-list.csv.gz", "unexpected error: RuntimeError: state exploded")]
         assert (tmp_path / "cxr-study-list.csv.gz").read_bytes() == FILES["cxr-study-list.csv.gz"]
@@ -348,7 +354,7 @@ def test_unexpected_worker_error_is_one_line(tmp_path, monkeypatch):
 def test_server_file_not_matching_its_checksum(tmp_path):
     with make_server() as srv:
         srv.files["cxr-study-list.csv.gz"] = b"not what SHA256SUMS.txt says"
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url,
                                 ["cxr-study-list.csv.gz"], fast_opts(retries=5))
         (rel, why), = rep.failed
         assert why.startswith("the server's file does not match its published checksum")
@@ -361,7 +367,7 @@ def test_checksum_list_that_is_not_text(tmp_path):
     with make_server() as srv:
         srv.files["SHA256SUMS.txt"] = b"\xff\xfe\x00binary"
         with pytest.raises(ChexError, match="is not a checksum list"):
-            F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, None, fast_opts())
+            fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), srv.url, None, fast_opts())
 
 
 
@@ -380,7 +386,7 @@ def test_https_stall_and_silence_cut_off(tmp_path, monkeypatch):
         srv.publish_sums()
         srv.faults["mimic-cxr-reports.zip"] = ["trickle", "silence"]
         t0 = time.monotonic()
-        rep = F.fetch_physionet(get_source("mimic-cxr"), tmp_path / "d", creds(), srv.url,
+        rep = fetch_physionet(get_source("mimic-cxr"), tmp_path / "d", creds(), srv.url,
                                 ["mimic-cxr-reports.zip"], fast_opts(timeout=5))
         assert time.monotonic() - t0 < 5
         assert rep.downloaded == ["mimic-cxr-reports.zip"] and len(srv.gets("mimic-cxr-reports.zip")) == 3
@@ -397,8 +403,8 @@ def test_tls_handshake_that_never_ends_is_cut_off(tmp_path):
         lsock.listen(4)  # never accepted: the kernel completes TCP, nobody speaks TLS
         url = f"https://127.0.0.1:{lsock.getsockname()[1]}/x"
         t0 = time.monotonic()
-        with pytest.raises(F.PermanentError, match="giving up after 1 attempt: fewer than 1000 bytes"):
-            F.download_file(url, tmp_path / "x", None, None, fast_opts(timeout=10, retries=0))
+        with pytest.raises(PermanentError, match="giving up after 1 attempt: fewer than 1000 bytes"):
+            download_file(url, tmp_path / "x", None, None, fast_opts(timeout=10, retries=0))
         assert time.monotonic() - t0 < 5
 
 
@@ -406,7 +412,7 @@ def test_tls_handshake_that_never_ends_is_cut_off(tmp_path):
 @pytest.mark.parametrize("bad", ["physionet.org", "ftp://host/x", "http://", "http://host:99999"])
 def test_bad_base_url_is_an_input_error(tmp_path, bad):
     with pytest.raises(ChexError, match="--base-url must be an http:// or https:// URL") as ei:
-        F.fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), bad, None, fast_opts())
+        fetch_physionet(get_source("mimic-cxr"), tmp_path, creds(), bad, None, fast_opts())
     assert ei.value.exit_code == 2
 
 

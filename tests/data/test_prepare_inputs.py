@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 import datasynth as ds
-from chexcli.data import nih, reports
-from chexcli.data.common import read_raw_csv
-from chexcli.data.prepare import prepare
+from chexcli.data.prepare import nih_images, reports
+from chexcli.data.prepare.dispatch import prepare
+from chexcli.data.prepare.raw_files import read_raw_csv
+from chexcli.data.processed.layout import NIH_VERIFIED
 from chexcli.data.sources import get_source, resolve_name
 from chexcli.errors import ChexError
 
@@ -50,12 +51,12 @@ def test_nih_verification_is_reused_and_changed_files_rechecked(tmp_path, monkey
     raw = ds.make_nih(tmp_path / "raw", size=48)
     res = prepare("nih", raw, tmp_path / "out", progress=False)
     assert res.skipped == 0
-    verified = pd.read_csv(tmp_path / "out" / nih.VERIFIED, keep_default_na=False)
+    verified = pd.read_csv(tmp_path / "out" / NIH_VERIFIED, keep_default_na=False)
     assert len(verified) == 7 and set(verified["H"]) == {48} and not verified["reason"].any()
 
     calls = []
-    real = nih.verify_image
-    monkeypatch.setattr(nih, "verify_image", lambda path: calls.append(path) or real(path))
+    real = nih_images.verify_image
+    monkeypatch.setattr(nih_images, "verify_image", lambda path: calls.append(path) or real(path))
     prepare("nih", raw, tmp_path / "out", progress=False)
     assert calls == []  # nothing decoded again
     bad = next(raw.glob("images_00*/images/00000007_000.png"))

@@ -6,9 +6,10 @@ import pytest
 from PIL import Image
 
 import datasynth as ds
-from chexcli.data import cache, reports
-from chexcli.data.info import folder_info
-from chexcli.data.prepare import prepare
+from chexcli.data.images import cache, cache_loaders
+from chexcli.data.prepare import report_text, reports
+from chexcli.data.processed.info import folder_info
+from chexcli.data.prepare.dispatch import prepare
 
 D = [r[0] for r in ds.MIMIC_IMAGES]
 REPORT_DS = "mimic-cxr-frontal-report"
@@ -110,7 +111,7 @@ def test_manifest_and_info(mimic):
 def test_interrupted_prepare_is_detected_and_resumed(tmp_path, monkeypatch):
     ds.make_mimic_jpg(tmp_path / "raw", corrupt=None)
     calls = []
-    real = cache.load_cached_image
+    real = cache_loaders.load_cached_image
 
     def flaky(path, side):
         calls.append(path)
@@ -146,12 +147,12 @@ def test_cli_exit_codes(mimic, tmp_path):
 
 
 def test_report_text_rules():
-    assert reports.normalise_section_name(" FINDINGS AND IMPRESSION") == "impression"
-    assert reports.normalise_section_name("NDICATION") == "impression"  # sic
-    assert reports.normalise_section_name("PA AND LATERAL VIEWS") == "findings"
-    assert reports.normalise_section_name("CLINICAL NOTE") == "clinical note"
-    assert reports.remove_substrings("Since 2012 exam, IMPRESSION stable.") == "Since 20exam, stable."
-    assert reports.clean_sentence("the   heart.  . .\n\n is  ok") == "The heart.is ok"
-    assert reports.report_sentences(ds.REPORT_A, "s50913680") is None  # skip list
-    assert reports.split_sentences("No effusion. Dr. Smith was called. E.g. this.\n\nNext para") == [
+    assert report_text.normalise_section_name(" FINDINGS AND IMPRESSION") == "impression"
+    assert report_text.normalise_section_name("NDICATION") == "impression"  # sic
+    assert report_text.normalise_section_name("PA AND LATERAL VIEWS") == "findings"
+    assert report_text.normalise_section_name("CLINICAL NOTE") == "clinical note"
+    assert report_text.remove_substrings("Since 2012 exam, IMPRESSION stable.") == "Since 20exam, stable."
+    assert report_text.clean_sentence("the   heart.  . .\n\n is  ok") == "The heart.is ok"
+    assert report_text.report_sentences(ds.REPORT_A, "s50913680") is None  # skip list
+    assert report_text.split_sentences("No effusion. Dr. Smith was called. E.g. this.\n\nNext para") == [
         "No effusion.", "Dr. Smith was called.", "E.g. this.", "Next para"]

@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 
 import datasynth as ds
-from chexcli.data import vindr
-from chexcli.data.cache import open_cache
-from chexcli.data.info import folder_info
-from chexcli.data.nih import split_boxes
-from chexcli.data.prepare import prepare
+from chexcli.data.images.cache import open_cache
+from chexcli.data.prepare import vindr_boxes, vindr_images
+from chexcli.data.prepare.dispatch import prepare
+from chexcli.data.prepare.nih import split_boxes
+from chexcli.data.processed.info import folder_info
 
 V = ds.VINDR_IDS
 
@@ -63,7 +63,7 @@ def test_vindr_box_fusion(vin):
 
 def test_fuse_class_boxes_iou_threshold():
     b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [100, 100, 110, 110]], dtype=float)
-    out = vindr.fuse_class_boxes(b)
+    out = vindr_boxes.fuse_class_boxes(b)
     # visited in reverse order: [100..] alone; [5,0,15,10] then [0,0,10,10] (IoU 1/3 > 0.1) joins
     assert [k for _, k in out] == [1, 2]
     assert np.allclose(out[1][0], [2.5, 0, 12.5, 10])
@@ -74,15 +74,15 @@ def test_vindr_dicom_conversion_monochrome1_16bit(vin):
     a = arrs[V[0]].astype(np.float64)
     inv = a.max() - a  # MONOCHROME1
     u8 = ((inv - inv.min()) / (inv.max() - inv.min()) * 255).astype(np.uint8)
-    expected = vindr.equalize_hist_uint8(u8)
-    got = vindr.dicom_to_uint8(str(t / "raw/vindr-cxr/1.0.0/train" / f"{V[0]}.dicom"))
+    expected = vindr_images.equalize_hist_uint8(u8)
+    got = vindr_images.dicom_to_uint8(str(t / "raw/vindr-cxr/1.0.0/train" / f"{V[0]}.dicom"))
     assert got.shape == (300, 200) and np.array_equal(got, expected)
     # inverted: the top-left (stored 0) is brightest after MONOCHROME1 handling
     assert got[0, 0] == got.max()
     arr, index = open_cache(t / "out", 256)
     assert arr[index[V[0]]].shape == (256, 256)
     # equalisation spreads the histogram over the full range
-    eq = vindr.equalize_hist_uint8(np.repeat(np.arange(50, 100, dtype=np.uint8), 10))
+    eq = vindr_images.equalize_hist_uint8(np.repeat(np.arange(50, 100, dtype=np.uint8), 10))
     assert eq.max() == 255 and eq.min() < 10
 
 

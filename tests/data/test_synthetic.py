@@ -10,11 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chexcli.data import synthetic as S
 from chexcli.data.dataset import ChexDataset
 from chexcli.data.names import anatomy_names
-from chexcli.data.synthetic_draw import P_FINDINGS
-from chexcli.data.synthetic_draw import render, sample_scene
+from chexcli.data.prepare.synthetic import prepare_synthetic
+from chexcli.data.processed.layout import MIMIC_CIG, MIMIC_MSCXR, MIMIC_REPORTS_CIG, SYNTHETIC_TRUTH, VINDR
+from chexcli.data.synthetic.corpus import synthetic_corpus
+from chexcli.data.synthetic.drawing import render
+from chexcli.data.synthetic.generator import generate
+from chexcli.data.synthetic.sampling import sample_scene
+from chexcli.data.synthetic.scene import P_FINDINGS
 
 N, SEED = 40, 0
 CONFIGS = [("mimiccxr_reports", "train"), ("mimiccxr_reports_cig_multiboxclssent", "train"),
@@ -31,13 +35,13 @@ def chex(*args):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic") / "a"
-    S.prepare_synthetic(out, n=N, seed=SEED, workers=1, progress=False)
+    prepare_synthetic(out, n=N, seed=SEED, workers=1, progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
 def truth(folder):
-    df = pd.read_csv(folder / S.GROUND_TRUTH, dtype={"dicom_id": str}, keep_default_na=False)
+    df = pd.read_csv(folder / SYNTHETIC_TRUTH, dtype={"dicom_id": str}, keep_default_na=False)
     df["findings"] = df["findings"].map(json.loads)
     return df
 
@@ -47,11 +51,11 @@ def _files(folder):
 
 
 def test_same_seed_same_bytes_in_parallel_and_other_seed_differs(folder, tmp_path):
-    S.prepare_synthetic(tmp_path / "b", n=N, seed=SEED, workers=2, progress=False)
+    prepare_synthetic(tmp_path / "b", n=N, seed=SEED, workers=2, progress=False)
     assert _files(folder) == _files(tmp_path / "b")
-    img, rec = S.generate(SEED, 7)  # one image alone = its row in the folder (resumable, parallel)
+    img, rec = generate(SEED, 7)  # one image alone = its row in the folder (resumable, parallel)
     assert np.array_equal(np.load(folder / "images_256.npy")[7], img)
-    S.prepare_synthetic(tmp_path / "c", n=N, seed=SEED + 1, workers=1, progress=False)
+    prepare_synthetic(tmp_path / "c", n=N, seed=SEED + 1, workers=1, progress=False)
     assert not np.array_equal(np.load(folder / "images_256.npy"), np.load(tmp_path / "c" / "images_256.npy"))
 
 
@@ -75,7 +79,7 @@ def test_every_configuration_loads_with_boxes_inside_the_image(folder):
 
 
 def test_anatomy_boxes_vary_and_follow_the_radiological_convention(folder):
-    df = pd.read_csv(folder / f"{S.CIG}.all.csv", keep_default_na=False)
+    df = pd.read_csv(folder / f"{MIMIC_CIG}.all.csv", keep_default_na=False)
     boxes = [json.loads(c) for c in df["anat_boxes"]]
     assert all(set(b) == set(anatomy_names("cig_default")) for b in boxes)
     for name in ("right lung", "cardiac silhouette", "trachea"):
@@ -129,7 +133,7 @@ def _iou(a, b):
 
 
 def test_reports_name_the_finding_and_its_place(folder, truth):
-    df = pd.read_csv(folder / f"{S.CIG_REPORTS}.all.csv", keep_default_na=False)
+    df = pd.read_csv(folder / f"{MIMIC_REPORTS_CIG}.all.csv", keep_default_na=False)
     kinds = set()
     for (_, row), findings in zip(df.iterrows(), truth["findings"]):
         report = json.loads(row["report_sentences"])
@@ -161,7 +165,7 @@ def test_region_labels_and_finding_classes_use_the_real_names(folder):
     from chexcli.data.names import class_names
 
     cig = set(class_names("cig_all"))
-    df = pd.read_csv(folder / f"{S.CIG}.all.csv", keep_default_na=False)
+    df = pd.read_csv(folder / f"{MIMIC_CIG}.all.csv", keep_default_na=False)
     for cell in df["anat_labels"]:
         for labs in json.loads(cell).values():
             assert labs[0] in ("normal", "abnormal") and all(f"cig/{x}" in cig for x in labs[1:])
@@ -170,7 +174,7 @@ def test_region_labels_and_finding_classes_use_the_real_names(folder):
     for cell, no_finding in zip(vindr["clsbbox"], vindr["cls/vindrcxr/No finding"]):
         boxes = json.loads(cell)
         assert all(b[4] in known for b in boxes) and bool(no_finding) == (not boxes)
-    ms = pd.read_csv(folder / f"{S.MSCXR}.all.csv", keep_default_na=False)
+    ms = pd.read_csv(folder / f"{MIMIC_MSCXR}.all.csv", keep_default_na=False)
     assert set(ms["split"]) <= {"validate", "test"}
     for cell, phrases in zip(ms["clsbbox"], ms["clsbboxphrases"]):
         assert len(json.loads(cell)) == len(json.loads(phrases)) >= 1
@@ -178,14 +182,14 @@ def test_region_labels_and_finding_classes_use_the_real_names(folder):
 
 
 def test_info_complete_and_corpus(folder):
-    from chexcli.data.info import folder_info
+    from chexcli.data.processed.info import folder_info
 
     inf = folder_info(folder)
     assert inf["complete"] and inf["kind"] == "synthetic" and inf["image_caches"][0]["images"] == N
-    assert inf["datasets"][S.VINDR]["splits"] == {"train": 32, "val": 4, "test": 4}
+    assert inf["datasets"][VINDR]["splits"] == {"train": 32, "val": 4, "test": 4}
     r = chex("data", "info", folder)
     assert r.returncode == 0, r.stderr
-    corpus = S.synthetic_corpus(folder)
+    corpus = synthetic_corpus(folder)
     assert len(corpus) == len(set(corpus))
     assert "The lungs are clear." in corpus and "left upper lung zone" in corpus
     assert "Enlarged cardiac silhouette" in corpus  # prompt texts are in

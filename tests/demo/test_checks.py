@@ -26,7 +26,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from chexcli.data.synthetic import prepare_synthetic
+    from chexcli.data.prepare.synthetic import prepare_synthetic
 
     out = tmp_path_factory.mktemp("demo_synth") / "data"
     prepare_synthetic(out, n=60, seed=0, progress=False)
@@ -106,8 +106,8 @@ def test_affirmed_kinds_ignores_negated_findings():
 
 
 def test_ground_truth_sentences_are_right_by_the_rule():
-    from chexcli.data.synthetic_draw import sample_scene
-    from chexcli.data.synthetic_report import finding_regions, scene_text
+    from chexcli.data.synthetic.sampling import sample_scene
+    from chexcli.data.synthetic.report import finding_regions, scene_text
 
     n = 0
     for i in range(300):

@@ -32,7 +32,7 @@ def test_cell_targets_put_anatomy_then_findings_per_cell():
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    from chexcli.data.synthetic import prepare_synthetic
+    from chexcli.data.prepare.synthetic import prepare_synthetic
 
     out = tmp_path_factory.mktemp("synthetic") / "data"
     prepare_synthetic(out, n=40, seed=3, workers=1, progress=False)

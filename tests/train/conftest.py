@@ -14,7 +14,7 @@ FAST = ["data.workers=0", "run.log_every=1", "run.val_batches=1", "optim.warmup_
 
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory) -> Path:
-    from chexcli.data.synthetic import prepare_synthetic
+    from chexcli.data.prepare.synthetic import prepare_synthetic
 
     out = tmp_path_factory.mktemp("synth") / "data"
     prepare_synthetic(out, n=60, seed=0, progress=False)
