@@ -8,13 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+from chexcli.boxes import box_iou_xyxy
 
 
 def fuse_class_boxes(boxes: np.ndarray, iou_thr: float = 0.1) -> list[tuple[np.ndarray, int]]:
@@ -27,11 +21,11 @@ def fuse_class_boxes(boxes: np.ndarray, iou_thr: float = 0.1) -> list[tuple[np.n
     clusters: list[list[np.ndarray]] = []
     fused: list[np.ndarray] = []
     for b in boxes[::-1]:
-        best, best_iou = -1, iou_thr
-        for k, f in enumerate(fused):
-            v = _iou(f, b)
-            if v > best_iou:
-                best, best_iou = k, v
+        best = -1
+        if fused:
+            ious = box_iou_xyxy(b, np.stack(fused))[0]
+            k = int(np.argmax(ious))  # the first cluster of the largest overlap
+            best = k if ious[k] > iou_thr else -1
         if best < 0:
             clusters.append([b])
             fused.append(b.astype(np.float32))
