@@ -32,7 +32,7 @@ from chexcli.model.gpt2_text import build_tiny_gpt2_tokenizer  # noqa: E402
 from chexcli.train import generation  # noqa: E402
 from chexcli.train.data_setup import dataset_names, training_dataset  # noqa: E402
 from chexcli.train.encoding_cache import FrozenEncodingCache  # noqa: E402
-from chexcli.train.model_setup import apply_freezing, set_regularisation  # noqa: E402
+from chexcli.train.freezing import apply_freezing  # noqa: E402
 from chexcli.train.objective import ChexObjective  # noqa: E402
 from chexcli.train.recipe import resolve_recipe  # noqa: E402
 from chexcli.train.supervisors import LossWeights, SupervisionOptions  # noqa: E402
@@ -69,10 +69,9 @@ def main() -> None:
         recipe = resolve_recipe("1", None, list(FULL.common) + list(FULL.stage1))
         dataset = training_dataset([data], recipe["data"]["train"], 224, 0, recipe["data"]["swap_laterality"],
                                    recipe["data"]["augment_multiboxes"], "none")
-        model = random_stage1_model(data, FULL.model_config)
+        model = random_stage1_model(data, FULL.model_config, recipe["model"])
         apply_freezing(model, recipe)
         model.train()
-        set_regularisation(model, recipe)
         n = len(dataset) - len(dataset) % args.batch
         order = torch.randperm(len(dataset)).tolist()  # shuffled as in training: both tables in every batch
         batches = [collate([dataset[i] for i in order[s:s + args.batch]]) for s in range(0, n, args.batch)]

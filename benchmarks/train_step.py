@@ -49,11 +49,13 @@ configure_allocator()  # as `chex train` runs (huge pages for large tensors); TH
 import torch  # noqa: E402
 
 from chexcli.data.names import anatomy_names, class_names, multibox_mapping  # noqa: E402
-from chexcli.model.bundle import attach_gpt2_tokenizer, default_prompts  # noqa: E402
+from chexcli.model.bundle import default_prompts  # noqa: E402
 from chexcli.model.chex import ChEX  # noqa: E402
 from chexcli.model.clip_tokenizer import ClipTokenizer  # noqa: E402
 from chexcli.model.gpt2_text import build_tiny_gpt2_tokenizer  # noqa: E402
-from chexcli.train.model_setup import _stage_config, apply_freezing, preset_config  # noqa: E402
+from chexcli.model.presets import model_config  # noqa: E402
+from chexcli.train.freezing import apply_freezing  # noqa: E402
+from chexcli.train.model_setup import regularised, stage_config  # noqa: E402
 from chexcli.train.objective import ChexObjective  # noqa: E402
 from chexcli.train.supervisors import LossWeights, SupervisionOptions  # noqa: E402
 from chexcli.train.trainer import make_optimizer  # noqa: E402
@@ -156,7 +158,6 @@ def build(stage: str, device: torch.device, profile: str, gpt2_dir: Path | None)
     """The paper-size model of a stage (random weights, train mode, the recipe's freezing and
     dropout) and its objective and optimizer."""
     from chexcli.model.gpt2_text import load_gpt2_tokenizer
-    from chexcli.train.model_setup import set_regularisation
     from chexcli.train.recipe import resolve_recipe
 
     clip = ClipTokenizer.build_tiny(WORDS, n_merges=50)
@@ -164,15 +165,13 @@ def build(stage: str, device: torch.device, profile: str, gpt2_dir: Path | None)
         gpt2 = load_gpt2_tokenizer(gpt2_dir)
     else:
         gpt2 = build_tiny_gpt2_tokenizer(WORDS, vocab_size=400, folder=tempfile.mkdtemp(prefix="chex-bench-"))
-    arch = preset_config("paper", 49408, 50257, gpt2.convert_tokens_to_ids("<|endoftext|>"))
-    torch.manual_seed(0)
-    model = ChEX(_stage_config(arch, stage), clip, prompts=default_prompts())
-    attach_gpt2_tokenizer(model, gpt2)
+    arch = model_config("paper", 49408, 50257, gpt2.convert_tokens_to_ids("<|endoftext|>"))
     recipe = resolve_recipe(stage, profile=profile)
+    torch.manual_seed(0)
+    model = ChEX(regularised(stage_config(arch, stage), recipe["model"]), clip, gpt2, prompts=default_prompts())
     model.to(device)
     apply_freezing(model, recipe)
     model.train()
-    set_regularisation(model, recipe)
     if stage == "1":
         classes = class_names("cig_all") + class_names("vindrcxr_loc")
         multi = list(multibox_mapping("cig_mapping"))

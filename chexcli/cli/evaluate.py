@@ -88,7 +88,7 @@ def evaluate(
     bundle = None
     dev = "cpu"
     if model is not None:
-        from chexcli.cli.predict import resolve_device
+        from chexcli.devices import resolve_device
         from chexcli.model.bundle import load_bundle
 
         dev = resolve_device(device)

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from chexcli.devices import resolve_device
 from chexcli.errors import ChexError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom"}
@@ -79,18 +80,6 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def resolve_device(device: str):
-    import torch
-
-    if device == "cpu":
-        return torch.device("cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ChexError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        return torch.device(device)
-    raise ChexError(f"unknown --device {device!r}; use cpu or cuda")
-
-
 def predict(
     images: list[str] = typer.Argument(..., help="Image files (JPEG, PNG, DICOM), folders or glob patterns."),
     model: Path = typer.Option(..., "--model", "-m", help="Model bundle folder."),
@@ -101,7 +90,7 @@ def predict(
     out: Path = typer.Option(Path("runs/predict"), "--out", help="Parent folder of the run folder."),
     name: str = typer.Option("run", "--name", help="Run folder name, a plain name (run, run2, ... never overwritten)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per image per line on stdout."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per batch."),
     dtype: str = typer.Option("float32", "--dtype",
                               help="float32 (exact), or float16 / int8 weights for the sentence generator (CPU, faster)."),

@@ -132,8 +132,9 @@ def pretrain_image_tower(model, data: dict[str, Tensor], updates: int, batch_siz
     return losses
 
 
-def random_stage1_model(data_dir: Path, model_config: str):
-    """The random model `chex train --stage 1` builds for `model_config` (tokenizers from `data_dir`)."""
+def random_stage1_model(data_dir: Path, model_config: str, model_recipe: dict | None = None):
+    """The random model `chex train --stage 1` builds for `model_config` (tokenizers from `data_dir`;
+    `model_recipe`: a recipe's `model` section, None: the reference's dropout)."""
     from chexcli.data.dataset import ChexDataset
     from chexcli.train.data_setup import text_corpus
     from chexcli.train.model_setup import build_model
@@ -142,7 +143,8 @@ def random_stage1_model(data_dir: Path, model_config: str):
         return text_corpus(ChexDataset(data_dir, "mimiccxr_reports_cig_multiboxclssent", split="train"))
 
     with tempfile.TemporaryDirectory() as tmp:
-        return build_model("1", None, None, model_config, corpus, Path(tmp), warn=lambda _: None)
+        return build_model("1", None, None, model_config, corpus, Path(tmp), warn=lambda _: None,
+                           model_recipe=model_recipe)
 
 
 def pretrain_bundle(data_dir: Path, out: Path, model_config: str, updates: int, batch_size: int = 16,
@@ -150,17 +152,16 @@ def pretrain_bundle(data_dir: Path, out: Path, model_config: str, updates: int, 
     """Build the random stage-1 model of `model_config`, pretrain its image tower on `data_dir`'s
     train split and save it as a bundle at `out` (for `chex train --stage 1 --init out`)."""
     from chexcli.model.bundle import save_bundle
-    from chexcli.train.trainer import _Progress
+    from chexcli.train.progress import ProgressBar
 
     torch.manual_seed(seed)
     start = time.perf_counter()
     model = random_stage1_model(data_dir, model_config)
     data = load_training_targets(data_dir)
     echo(f"image tower pretraining: {len(data['x'])} train images, {updates} updates of {batch_size}")
-    bar = _Progress(updates, 0, enabled=progress)
-    with bar:
+    with ProgressBar(updates, 0, enabled=progress) as bar:
         losses = pretrain_image_tower(model, data, updates, batch_size, seed=seed,
-                                      on_step=bar.update)
+                                      on_step=lambda step, loss, lr: bar.update(step, loss, lr, samples=batch_size))
     seconds = round(time.perf_counter() - start, 1)
     provenance = {"stage": "pretrain", "architecture": model.provenance["architecture"], "updates": updates,
                   "final_loss": round(losses[-1], 4) if losses else None, "seconds": seconds,

@@ -122,7 +122,8 @@ def _prepare(data: Path, plan: DemoPlan, seed: int, echo) -> None:
 
 
 def _train_all(out: Path, data: Path, plan: DemoPlan, seed: int, echo) -> dict[str, Path]:
-    from chexcli.train.trainer import TrainOptions, train
+    from chexcli.train.options import TrainOptions
+    from chexcli.train.trainer import train
 
     def stage(label: str, stage: str, name: str, steps: int, batch: int, extra: tuple[str, ...],
               init: Path | None = None, init_generator: Path | None = None) -> Path:

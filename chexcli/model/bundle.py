@@ -17,7 +17,6 @@ import json
 import shutil
 import struct
 import tempfile
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,7 +30,7 @@ from chexcli.errors import ChexError
 from chexcli.model.chex import ChEX
 from chexcli.model.clip_tokenizer import ClipTokenizer
 from chexcli.model.config import ChexConfig
-from chexcli.model.gpt2_text import decode_generated, load_gpt2_tokenizer
+from chexcli.model.gpt2_text import load_gpt2_tokenizer
 
 FORMAT = "chexcli-bundle"
 FORMAT_VERSION = 1
@@ -50,29 +49,34 @@ def default_prompts() -> dict[str, Any]:
 
 
 def save_bundle(model: ChEX, folder: str | Path, provenance: dict[str, Any] | None = None,
-                overwrite: bool = False) -> Path:
-    """Write `model` (with its tokenizers) as a bundle folder; returns the folder."""
+                overwrite: bool = False, weights: bool = True) -> Path:
+    """Write `model` with its tokenizers, prompts and provenance (default `model.provenance`, stamped
+    with the time it is saved) as a bundle folder; returns the folder.
+
+    `weights=False` leaves out model.safetensors: a skeleton from which `load_skeleton` rebuilds the
+    model (a training run keeps one and loads checkpoint weights into it on resume).
+    """
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise ChexError(f"{folder} already exists and is not empty; choose another --out or remove it")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
+        stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "model": model.cfg.to_dict(),
             "prompts": model.prompts,
-            "provenance": {"saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                           **(provenance or {})},
+            "provenance": {**(model.provenance if provenance is None else provenance), "saved": stamp},
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
-        save_file(_unique_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        if weights:
+            save_file(_unique_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         if model.txt_encoder.tokenizer is not None:
             model.txt_encoder.tokenizer.save(tmp / CLIP_DIR)
-        gpt2_tok = getattr(model, "gpt2_tokenizer", None)
-        if gpt2_tok is not None:
-            gpt2_tok.save_pretrained(str(tmp / GPT2_DIR))
+        if model.gpt2_tokenizer is not None:
+            model.gpt2_tokenizer.save_pretrained(str(tmp / GPT2_DIR))
         for path in [tmp, *tmp.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         if folder.exists():
@@ -177,10 +181,9 @@ def load_bundle(folder: str | Path, device: str | torch.device = "cpu", dtype: s
         raise ChexError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     config, cfg, weights = read_bundle(folder)
     check_tokenizers(folder, cfg, needs)
-    clip_tok = ClipTokenizer.load(folder / CLIP_DIR) if (folder / CLIP_DIR).is_dir() else None
-    gpt2_tok = load_gpt2_tokenizer(folder / GPT2_DIR) if (folder / GPT2_DIR).is_dir() else None
+    tokenizers = _read_tokenizers(folder)
     with torch.device("meta"):
-        model = ChEX(cfg, clip_tok, prompts=config.get("prompts") or {})
+        model = _model(config, cfg, *tokenizers)
     compact = compact_keys(model) if dtype != "float32" else set()
     if compact and torch.device(device).type != "cpu":
         raise ChexError(f"--dtype {dtype} runs on the CPU only; use --dtype float32 with --device {device}")
@@ -200,9 +203,24 @@ def load_bundle(folder: str | Path, device: str | torch.device = "cpu", dtype: s
         raise ChexError(f"{weights}: no weights were loaded for {left[0]}; re-create the bundle")
     _rebuild_buffers(model)
     model.to(device)
-    attach_gpt2_tokenizer(model, gpt2_tok)
-    model.provenance = config.get("provenance", {})
     return model.eval()
+
+
+def load_skeleton(folder: str | Path) -> ChEX:
+    """The model of a bundle written with `weights=False`, freshly initialised (train mode)."""
+    config = read_bundle_config(folder)
+    return _model(config, ChexConfig.from_dict(config["model"]), *_read_tokenizers(Path(folder)))
+
+
+def _read_tokenizers(folder: Path) -> tuple[ClipTokenizer | None, Any]:
+    """The CLIP and GPT-2 tokenizers of a bundle folder (None where its folder is absent)."""
+    clip_tok = ClipTokenizer.load(folder / CLIP_DIR) if (folder / CLIP_DIR).is_dir() else None
+    gpt2_tok = load_gpt2_tokenizer(folder / GPT2_DIR) if (folder / GPT2_DIR).is_dir() else None
+    return clip_tok, gpt2_tok
+
+
+def _model(config: dict[str, Any], cfg: ChexConfig, clip_tok, gpt2_tok) -> ChEX:
+    return ChEX(cfg, clip_tok, gpt2_tok, prompts=config.get("prompts") or {}, provenance=config.get("provenance"))
 
 
 class PlainReader:
@@ -239,11 +257,6 @@ class PlainReader:
     def tensor(self, key: str) -> torch.Tensor:
         shape, _ = self._entry(key)
         return self.rows(key, 0, shape[0]) if shape else self.rows(key, 0, 1)[0]
-
-
-def attach_gpt2_tokenizer(model: ChEX, tokenizer) -> None:
-    model.gpt2_tokenizer = tokenizer
-    model.decode = None if tokenizer is None else partial(decode_generated, tokenizer)
 
 
 def load_weights(model: ChEX, state: dict[str, torch.Tensor], source: str) -> None:

@@ -7,6 +7,7 @@ imported state dict loads by name.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -18,6 +19,7 @@ from chexcli.model.config import ChexConfig
 from chexcli.model.conv_encoder import ConvTower
 from chexcli.model.detector import DetectionOutput, ImageEncoding, TokenDetector
 from chexcli.model.generator import Generated, SentenceGenerator
+from chexcli.model.gpt2_text import decode_generated
 from chexcli.model.post_decoder import PostDecoder
 from chexcli.model.prompt_encoder import PromptEncoder
 
@@ -56,23 +58,32 @@ class ImageEncoder(nn.Module):
 class ChEX(nn.Module):
     """The ChEX model. Build from a `ChexConfig`; load weights with `chexcli.model.bundle`.
 
-    `clip_tokenizer(texts, context_length) -> (B, L)` ids; `decode(ids_batch) -> list[str]`
-    turns generated GPT-2 ids into sentences. `prompts` is the prompt/name data of
-    `prompts_and_names.yaml` (prompt sets, class and anatomy name lists).
+    Besides its weights, a model carries what a bundle stores with them
+    (docs/architecture.md#bundle): the CLIP tokenizer of its prompt encoder
+    (`clip_tokenizer(texts, context_length) -> (B, L)` ids), the GPT-2 tokenizer of its
+    sentence generator (`gpt2_tokenizer`; `decode(ids_batch) -> list[str]` when there is
+    one), `prompts`, the prompt/name data of `prompts_and_names.yaml` (prompt sets, class
+    and anatomy name lists), and `provenance`, where its weights come from (a JSON object).
     """
 
-    def __init__(self, cfg: ChexConfig, clip_tokenizer=None, decode: Callable[[list[list[int]]], list[str]] | None = None,
-                 prompts: dict[str, Any] | None = None):
+    def __init__(self, cfg: ChexConfig, clip_tokenizer=None, gpt2_tokenizer=None, prompts: dict[str, Any] | None = None,
+                 provenance: dict[str, Any] | None = None):
         super().__init__()
         self.cfg = cfg
         placeholders = (prompts or {}).get("template_placeholders", {})
         self.img_encoder = ImageEncoder(cfg)
         self.txt_encoder = PromptEncoder(cfg.text, clip_tokenizer, placeholders)
         self.detector = TokenDetector(cfg)
-        self.txt_decoder = SentenceGenerator(cfg.generator, cfg.d_model) if cfg.generator else None
+        self.txt_decoder = SentenceGenerator(cfg.generator, cfg.d_model, cfg.dropout) if cfg.generator else None
         self.post_decoder = PostDecoder(cfg) if cfg.n_post_decoder_layers > 0 else None
-        self.decode = decode
+        self.gpt2_tokenizer = gpt2_tokenizer
         self.prompts = prompts or {}
+        self.provenance: dict[str, Any] = dict(provenance or {})
+
+    @property
+    def decode(self) -> Callable[[list[list[int]]], list[str]] | None:
+        """Generated GPT-2 ids -> sentences; None without a GPT-2 tokenizer."""
+        return None if self.gpt2_tokenizer is None else partial(decode_generated, self.gpt2_tokenizer)
 
     @property
     def device(self) -> torch.device:

@@ -1,11 +1,12 @@
 """Model configuration: every size and switch of a ChEX model in one tree.
 
-The defaults are the released stage-3 model (ARCHITECTURE.md §11-12):
+The defaults are the released stage-3 model (docs/architecture.md#model-sizes):
 CLIP ViT-B/32 image tower, CLIP text tower (width 512), a 6-layer token
 detector, a 3-layer post decoder and a prefix-tuned GPT-2 medium generator.
-`ChexConfig.tiny()` is a few-layer model of width 32-64 for tests.
+Other named sizes (`small`, `tiny`, ...) are in chexcli.model.presets.
 
-Configurations are plain dataclasses, saved as JSON in a model bundle.
+Configurations are plain dataclasses, saved as JSON in a model bundle; a key a
+bundle lacks (written by an older chexcli) takes its default here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any
 
 
 VISION_KINDS = ("vit", "cnn")
+# MIMIC-CXR pixel statistics the image towers were trained with: x -> (x - mean) / std
+PIXEL_MEAN = 0.505
+PIXEL_STD = 0.248
 
 
 @dataclass
@@ -55,18 +59,35 @@ class TextConfig:
 
 @dataclass
 class DetectorConfig:
-    """Token detector (ARCHITECTURE.md §5)."""
+    """Token detector (docs/architecture.md#detector)."""
 
     multiregions: int = 3
     n_decoder_layers: int = 6
     soft_roi_beta: float = 2.0
+    skip_roi_pool_prob: float = 0.25  # training: share of region tokens whose pooled feature mixes in the token
     predictor_hidden_dim: int | None = None  # None -> d_model
     out_project_hidden_dim: int | None = None  # None -> 4 * d_model
 
 
 @dataclass
+class DropoutConfig:
+    """Dropout rates of training mode (eval mode drops nothing); the defaults are the reference's.
+
+    `scaled(f)` multiplies every rate (a recipe's `model.dropout_scale`)."""
+
+    hidden: float = 0.3  # sublayer outputs and MLP layers: detector, post decoder, prefix MLP
+    attention: float = 0.1  # attention probabilities of the detector and post-decoder blocks
+    droppath: float = 0.2  # stochastic depth of the detector and post-decoder blocks
+    skip_connection: float = 0.3  # the decoder token in the detector's training skip connection
+    generator: float = 0.1  # GPT-2's embedding, attention, residual and MLP dropout
+
+    def scaled(self, factor: float) -> "DropoutConfig":
+        return DropoutConfig(**{f.name: getattr(self, f.name) * factor for f in dataclasses.fields(self)})
+
+
+@dataclass
 class GeneratorConfig:
-    """Prefix-tuned GPT-2 sentence generator (ARCHITECTURE.md §7)."""
+    """Prefix-tuned GPT-2 sentence generator (docs/architecture.md#sentence-generator)."""
 
     vocab_size: int = 50257
     n_positions: int = 1024
@@ -94,11 +115,12 @@ class ChexConfig:
     text: TextConfig = field(default_factory=TextConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     n_post_decoder_layers: int = 3
-    post_decoder_multibox_drop: float = 0.1
+    post_decoder_multibox_drop: float = 0.1  # training: share of region tokens the post decoder drops
     generator: GeneratorConfig | None = field(default_factory=GeneratorConfig)
     max_generated_sentences: int = 32
-    pixel_mean: float = 0.505
-    pixel_std: float = 0.248
+    pixel_mean: float = PIXEL_MEAN
+    pixel_std: float = PIXEL_STD
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
 
     @property
     def ff_hidden(self) -> int:
@@ -112,7 +134,8 @@ class ChexConfig:
         """Build and validate a configuration; ValueError names the offending key (`prefix.key`)."""
         if not isinstance(d, dict):
             raise ValueError(f"{prefix} must be an object, got {type(d).__name__}")
-        sub = {"vision": VisionConfig, "text": TextConfig, "detector": DetectorConfig, "generator": GeneratorConfig}
+        sub = {"vision": VisionConfig, "text": TextConfig, "detector": DetectorConfig, "generator": GeneratorConfig,
+               "dropout": DropoutConfig}
         kwargs: dict[str, Any] = {}
         for key, value in _known(cls, d, prefix).items():
             if key in sub and value is not None:
@@ -156,29 +179,9 @@ class ChexConfig:
         if not 0 <= self.post_decoder_multibox_drop < 1:
             raise ValueError(f"{prefix}.post_decoder_multibox_drop must be in [0, 1) "
                              f"(got {self.post_decoder_multibox_drop})")
-
-    @classmethod
-    def tiny(cls, clip_vocab_size: int = 49408, gpt2_vocab_size: int = 2048, eos_token_id: int = 0) -> "ChexConfig":
-        """A small model with the same structure as the released one (for tests)."""
-        return cls(
-            d_model=32,
-            n_head=4,
-            vision=VisionConfig(image_size=224, patch_size=32, width=64, layers=2, heads=2, output_dim=32),
-            text=TextConfig(context_length=77, vocab_size=clip_vocab_size, width=32, layers=2, heads=2, output_dim=32),
-            detector=DetectorConfig(multiregions=3, n_decoder_layers=2),
-            n_post_decoder_layers=1,
-            generator=GeneratorConfig(
-                vocab_size=gpt2_vocab_size,
-                n_positions=256,
-                n_embd=32,
-                n_layer=2,
-                n_head=2,
-                bos_token_id=eos_token_id,
-                eos_token_id=eos_token_id,
-                pad_token_id=eos_token_id,
-                max_length=32,
-            ),
-        )
+        for key in ("detector.skip_roi_pool_prob", *(f"dropout.{f.name}" for f in dataclasses.fields(DropoutConfig))):
+            if _lookup(self, key) > 1:
+                raise ValueError(f"{prefix}.{key} must be in [0, 1] (got {_lookup(self, key)})")
 
 
 # Smallest allowed value of every number (counts >= 1 unless zero means "none").
@@ -190,7 +193,8 @@ _MINIMUMS: dict[str, float] = {
     "text.context_length": 2,
     **{f"detector.{k}": 1 for k in ("multiregions", "n_decoder_layers", "predictor_hidden_dim",
                                      "out_project_hidden_dim")},
-    "detector.soft_roi_beta": 1e-12,
+    "detector.soft_roi_beta": 1e-12, "detector.skip_roi_pool_prob": 0,
+    **{f"dropout.{k}": 0 for k in ("hidden", "attention", "droppath", "skip_connection", "generator")},
     **{f"generator.{k}": 1 for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head",
                                       "prefix_length_factor", "prefix_hidden_dim")},
     **{f"generator.{k}": 0 for k in ("bos_token_id", "eos_token_id", "pad_token_id", "position_offset")},

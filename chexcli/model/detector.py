@@ -1,4 +1,4 @@
-"""Prompt detector (token decoder) and box-prompt region encoder (ARCHITECTURE.md §5)."""
+"""Prompt detector (token decoder) and box-prompt region encoder (docs/architecture.md#detector)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ class _Decoder(nn.Module):
     def __init__(self, cfg: ChexConfig):
         super().__init__()
         self.decoder_layers = nn.ModuleList(
-            DecoderBlock(cfg.d_model, cfg.n_head, cfg.ff_hidden) for _ in range(cfg.detector.n_decoder_layers)
+            DecoderBlock(cfg.d_model, cfg.n_head, cfg.ff_hidden, cfg.dropout)
+            for _ in range(cfg.detector.n_decoder_layers)
         )
 
     def forward(self, tokens: Tensor, memory: Tensor, sa_mask: Tensor | None) -> Tensor:
@@ -77,18 +78,20 @@ class TokenDetector(nn.Module):
         d, r = cfg.d_model, cfg.detector.multiregions
         self.n_regions = r
         self.beta = cfg.detector.soft_roi_beta
-        self.skip_roi_pool_prob = 0.25
+        self.skip_roi_pool_prob = cfg.detector.skip_roi_pool_prob
         hidden = cfg.detector.predictor_hidden_dim or d
+        p = cfg.dropout.hidden
         self.multiregion_tokens = nn.Parameter(torch.randn(r, d) / d ** 0.5)
         # the two heads whose outputs are probabilities / box coordinates have no dropout after
         # their last layer (the reference's layout; dropout there would perturb training boxes)
-        self.multiregion_weight_mlp = MLP(d, 1, 2, hidden=hidden, dropout_last=False)
+        self.multiregion_weight_mlp = MLP(d, 1, 2, hidden=hidden, dropout=p, dropout_last=False)
         self.decoder = _Decoder(cfg)
-        self.bbox_predictor = nn.Sequential(nn.LayerNorm(d), MLP(d, 4, 2, hidden=hidden, dropout_last=False))
-        self.patch_projector = nn.Sequential(nn.LayerNorm(d), MLP(d, d, 1))
-        self.skip_con_dropout = Dropout(0.3)
+        self.bbox_predictor = nn.Sequential(nn.LayerNorm(d), MLP(d, 4, 2, hidden=hidden, dropout=p,
+                                                                 dropout_last=False))
+        self.patch_projector = nn.Sequential(nn.LayerNorm(d), MLP(d, d, 1, dropout=p))
+        self.skip_con_dropout = Dropout(cfg.dropout.skip_connection)
         self.out_projector = nn.Sequential(
-            nn.LayerNorm(d), MLP(d, d, 2, hidden=cfg.detector.out_project_hidden_dim or 4 * d)
+            nn.LayerNorm(d), MLP(d, d, 2, hidden=cfg.detector.out_project_hidden_dim or 4 * d, dropout=p)
         )
 
     def forward(self, image: ImageEncoding, queries: Tensor, query_mask: Tensor | None = None,

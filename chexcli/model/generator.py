@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from chexcli.model.config import GeneratorConfig
+from chexcli.model.config import DropoutConfig, GeneratorConfig
 from chexcli.model.gpt2 import GPT2LanguageModel, KVCache, TeacherForcing
 from chexcli.model.layers import MLP
 
@@ -39,12 +39,15 @@ def teacher_forcing_positions(token_mask: Tensor, offset: int) -> Tensor:
 
 
 class SentenceGenerator(nn.Module):
-    def __init__(self, cfg: GeneratorConfig, d_model: int, dropout: float = 0.3):
+    def __init__(self, cfg: GeneratorConfig, d_model: int, rates: DropoutConfig | None = None):
+        """`rates`: training-mode dropout (`hidden` in the prefix MLP, `generator` in GPT-2); default
+        the reference's."""
         super().__init__()
+        rates = rates or DropoutConfig()
         self.cfg = cfg
         out = cfg.prefix_length_factor * cfg.n_layer * 2 * cfg.n_embd
-        self.language_model = GPT2LanguageModel(cfg)
-        self.prefix_proj = MLP(d_model, out, 2, hidden=cfg.prefix_hidden_dim or 4 * d_model, dropout=dropout)
+        self.language_model = GPT2LanguageModel(cfg, rates.generator)
+        self.prefix_proj = MLP(d_model, out, 2, hidden=cfg.prefix_hidden_dim or 4 * d_model, dropout=rates.hidden)
 
     def prefix(self, features: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """features (M, d) -> per-layer keys and values, each (M, heads, F_p, head_dim)."""

@@ -19,11 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from chexcli.model.config import GeneratorConfig
+from chexcli.model.config import DropoutConfig, GeneratorConfig
 from chexcli.model.layers import Dropout
-
-DROPOUT = 0.1  # GPT-2's embedding, attention and residual dropout (active in training mode only)
-
 
 class Conv1D(nn.Module):
     """GPT-2's linear layer with weight stored (in x out): y = x @ W + b."""
@@ -87,14 +84,14 @@ class KVCache:
         self.values = [grow(v) for v in self.values]
 
 
-class _Attention(nn.Module):
-    def __init__(self, cfg: GeneratorConfig):
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GeneratorConfig, dropout: float):
         super().__init__()
         self.n_head = cfg.n_head
         self.c_attn = Conv1D(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = Conv1D(cfg.n_embd, cfg.n_embd)
-        self.dropout = DROPOUT  # attention-probability and residual dropout (training only)
-        self.resid_dropout = Dropout(DROPOUT)
+        self.dropout = dropout  # attention-probability and residual dropout (training only)
+        self.resid_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, cache: KVCache | None, layer: int, mask: Tensor | None) -> Tensor:
         b, t, c = x.shape
@@ -137,30 +134,30 @@ class _Attention(nn.Module):
 
 
 class _MLP(nn.Module):
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: GeneratorConfig, dropout: float):
         super().__init__()
         self.c_fc = Conv1D(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = Conv1D(4 * cfg.n_embd, cfg.n_embd)
-        self.dropout = Dropout(DROPOUT)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(gelu_new(self.c_fc(x))))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: GeneratorConfig, dropout: float):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
-        self.attn = _Attention(cfg)
+        self.attn = CausalSelfAttention(cfg, dropout)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
-        self.mlp = _MLP(cfg)
+        self.mlp = _MLP(cfg, dropout)
 
     def forward(self, x: Tensor, cache: KVCache | None, layer: int, mask: Tensor | None) -> Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer, mask)
         return x + self.mlp(self.ln_2(x))
 
     def forward_packed(self, x: Tensor, segments: list["_Segment"], layer: int) -> Tensor:
-        """x (N, n_embd): the tokens of several teacher-forcing calls (see `_Attention.forward_packed`)."""
+        """x (N, n_embd): the tokens of several teacher-forcing calls (see `CausalSelfAttention.forward_packed`)."""
         x = x + self.attn.forward_packed(self.ln_1(x), segments, layer)
         return x + self.mlp(self.ln_2(x))
 
@@ -189,13 +186,13 @@ class TeacherForcing:
 
 
 class _Transformer(nn.Module):
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: GeneratorConfig, dropout: float):
         super().__init__()
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
-        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.h = nn.ModuleList(Block(cfg, dropout) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
-        self.drop = Dropout(DROPOUT)
+        self.drop = Dropout(dropout)
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.01)
 
@@ -210,10 +207,10 @@ class GPT2LanguageModel(nn.Module):
     (valid for single-token steps).
     """
 
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: GeneratorConfig, dropout: float = DropoutConfig.generator):
         super().__init__()
         self.cfg = cfg
-        self.transformer = _Transformer(cfg)
+        self.transformer = _Transformer(cfg, dropout)
         self.head: nn.Module | None = None  # set by int8 quantisation; None = tied to wte
         self.gradient_checkpointing = False  # recompute block activations in backward (training)
         std = 0.02 / math.sqrt(2 * cfg.n_layer)

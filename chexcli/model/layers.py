@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from chexcli.model.config import DropoutConfig
+
 
 class Dropout(nn.Dropout):
     """nn.Dropout whose keep-mask comes from uniform noise (``rand >= p``).
@@ -117,7 +119,7 @@ class MLP(nn.Module):
         n_layers: int,
         hidden: int | None = None,
         act: type[nn.Module] = nn.GELU,
-        dropout: float = 0.3,
+        dropout: float = 0.0,
         dropout_last: bool = True,
     ):
         super().__init__()
@@ -159,13 +161,10 @@ class DropPath(nn.Module):
         return x * keep / (1.0 - self.p)
 
 
-ATTENTION_DROPOUT = 0.1  # attention-probability dropout of the detector and post-decoder blocks
-
-
 class _SelfAttention(nn.Module):
-    def __init__(self, d: int, n_head: int, dropout: float):
+    def __init__(self, d: int, n_head: int, dropout: float, attention_dropout: float):
         super().__init__()
-        self.sa = MultiheadAttention(d, n_head, ATTENTION_DROPOUT)
+        self.sa = MultiheadAttention(d, n_head, attention_dropout)
         self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
@@ -173,9 +172,9 @@ class _SelfAttention(nn.Module):
 
 
 class _CrossAttention(nn.Module):
-    def __init__(self, d: int, n_head: int, dropout: float):
+    def __init__(self, d: int, n_head: int, dropout: float, attention_dropout: float):
         super().__init__()
-        self.mha = MultiheadAttention(d, n_head, ATTENTION_DROPOUT)
+        self.mha = MultiheadAttention(d, n_head, attention_dropout)
         self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, memory: Tensor) -> Tensor:
@@ -188,24 +187,28 @@ class DecoderBlock(nn.Module):
     u <- u + g_sa * SA(LN(u)); u <- u + g_ca * CA(LN(u), LN_enc(S)); u <- u + g_ff * FF(LN(u))
 
     forward(tokens (N, L, d), memory (N, S, d), sa_mask) -> (N, L, d)
+
+    `rates`: the training-mode dropout (hidden after each sublayer and inside the feed-forward
+    MLP, attention on the attention probabilities, droppath on the sa and ff branches and, with
+    `cross_droppath`, on the cross-attention branch).
     """
 
-    def __init__(self, d: int, n_head: int, ff_hidden: int, dropout: float = 0.3, droppath: float = 0.2,
-                 cross_droppath: bool = False, layer_scale_init: float = 0.1):
+    def __init__(self, d: int, n_head: int, ff_hidden: int, rates: DropoutConfig, cross_droppath: bool = False,
+                 layer_scale_init: float = 0.1):
         super().__init__()
         self.norm_sa = nn.LayerNorm(d)
-        self.sa_block = _SelfAttention(d, n_head, dropout)
+        self.sa_block = _SelfAttention(d, n_head, rates.hidden, rates.attention)
         self.ls_sa = LayerScale(d, layer_scale_init)
-        self.droppath_sa = DropPath(droppath)
+        self.droppath_sa = DropPath(rates.droppath)
         self.norm_mha = nn.LayerNorm(d)
         self.norm_encoder = nn.LayerNorm(d)
-        self.mha_block = _CrossAttention(d, n_head, dropout)
+        self.mha_block = _CrossAttention(d, n_head, rates.hidden, rates.attention)
         self.ls_mha = LayerScale(d, layer_scale_init)
-        self.droppath_mha = DropPath(droppath if cross_droppath else 0.0)
+        self.droppath_mha = DropPath(rates.droppath if cross_droppath else 0.0)
         self.norm_ff = nn.LayerNorm(d)
-        self.ff_block = MLP(d, d, 2, hidden=ff_hidden, dropout=dropout)
+        self.ff_block = MLP(d, d, 2, hidden=ff_hidden, dropout=rates.hidden)
         self.ls_ff = LayerScale(d, layer_scale_init)
-        self.droppath_ff = DropPath(droppath)
+        self.droppath_ff = DropPath(rates.droppath)
 
     def forward(self, x: Tensor, memory: Tensor, sa_mask: Tensor | None = None) -> Tensor:
         x = x + self.droppath_sa(self.ls_sa(self.sa_block(self.norm_sa(x), sa_mask)))

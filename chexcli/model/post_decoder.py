@@ -21,7 +21,8 @@ class PostDecoder(nn.Module):
         d = cfg.d_model
         self.drop_prob = cfg.post_decoder_multibox_drop
         self.post_decoder_layers = nn.ModuleList(
-            DecoderBlock(d, cfg.n_head, cfg.ff_hidden, cross_droppath=True) for _ in range(cfg.n_post_decoder_layers)
+            DecoderBlock(d, cfg.n_head, cfg.ff_hidden, cfg.dropout, cross_droppath=True)
+            for _ in range(cfg.n_post_decoder_layers)
         )
         self.gate = nn.Parameter(torch.zeros(1))
         self.ln_gate = nn.LayerNorm(d)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from chexcli.errors import ChexError
+from chexcli.model.config import PIXEL_MEAN, PIXEL_STD
 
 __all__ = [
     "IMAGE_SIZE",
@@ -50,8 +51,6 @@ __all__ = [
 ]
 
 IMAGE_SIZE = 224
-PIXEL_MEAN = 0.505
-PIXEL_STD = 0.248
 CACHE_SIDE = 256
 
 

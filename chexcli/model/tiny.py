@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from chexcli.model.bundle import attach_gpt2_tokenizer, default_prompts, save_bundle
+from chexcli.model.bundle import default_prompts, save_bundle
 from chexcli.model.chex import ChEX
 from chexcli.model.clip_tokenizer import ClipTokenizer
 from chexcli.model.config import ChexConfig
+from chexcli.model.presets import tiny
 from chexcli.model.gpt2_text import build_tiny_gpt2_tokenizer
 
 TINY_CORPUS = [
@@ -34,8 +35,8 @@ def build_tiny_model(seed: int = 0, gpt2_vocab_size: int = 300, n_clip_merges: i
     folder = Path(tokenizer_dir) if tokenizer_dir else Path(tempfile.mkdtemp(prefix="chex-tiny-gpt2-"))
     gpt2_tok = build_tiny_gpt2_tokenizer(TINY_CORPUS, vocab_size=gpt2_vocab_size, folder=folder)
     eos = gpt2_tok.convert_tokens_to_ids("<|endoftext|>")
-    cfg = config or ChexConfig.tiny(clip_vocab_size=clip_tok.vocab_size, gpt2_vocab_size=len(gpt2_tok), eos_token_id=eos)
-    model = ChEX(cfg, clip_tok, prompts=default_prompts())
+    cfg = config or tiny(clip_vocab_size=clip_tok.vocab_size, gpt2_vocab_size=len(gpt2_tok), eos_token_id=eos)
+    model = ChEX(cfg, clip_tok, gpt2_tok, prompts=default_prompts())
     with torch.no_grad():
         # Make the tiny model's outputs informative: spread boxes and region weights.
         model.post_decoder.gate.fill_(0.7)
@@ -44,7 +45,6 @@ def build_tiny_model(seed: int = 0, gpt2_vocab_size: int = 300, n_clip_merges: i
         wte = model.txt_decoder.language_model.transformer.wte.weight
         wte[eos].mul_(0.05)
         wte[: min(257, wte.shape[0] - 1)].mul_(0.3)  # prefer learnt word pieces over raw bytes
-    attach_gpt2_tokenizer(model, gpt2_tok)
     return model.eval()
 
 

@@ -144,4 +144,20 @@ class TxtgenObjective(nn.Module):
         return teacher_forcing_loss(gen.language_model, hidden, ids, mask, self.include_padding)
 
 
-__all__ = ["ChexObjective", "TxtgenObjective"]
+def make_objective(stage: str, model, recipe: dict, names: tuple[list[str], list[str], list[str]]) -> nn.Module:
+    """The objective of a stage from its recipe; `names`: the training data's (class, anatomy,
+    multi-box anatomy) names (chexcli.train.data_setup.dataset_names)."""
+    if stage == "txtgen":
+        t = recipe["txtgen"]
+        return TxtgenObjective(model, t["max_sentences"], tuple(t["copies"]), t["dropout"],
+                               t["generation_include_padding"], t["generation_keep_end_token"],
+                               t.get("prefix_activation", "gelu"))
+    classes, anatomies, multi = names
+    options = SupervisionOptions(**recipe["supervision"])
+    # without augmentation a frozen image tower sees the same image tensors every epoch
+    cache = recipe["run"].get("cache_frozen_encodings") and recipe["data"].get("augmentation") == "none"
+    return ChexObjective(model, LossWeights(**recipe["loss"]), options, classes, anatomies,
+                         multi if options.use_multiboxes else [], FrozenEncodingCache() if cache else None)
+
+
+__all__ = ["ChexObjective", "TxtgenObjective", "make_objective"]

@@ -1,97 +1,96 @@
-"""`chex train`: one training loop for every stage, readable top to bottom.
+"""`chex train`: one training loop for every stage (docs/training.md#the-loop).
 
-    resolve the recipe -> run folder -> data -> model (or resume) -> freeze ->
-    optimizer + schedule -> for each update: accumulation micro-batches
-    (forward under autocast, backward, `no_sync` on all but the last), clip,
-    step, log, validate every N, checkpoint every N -> export RUN_DIR/bundle.
+    train(opts)
+      resolve the run (new, or the one --resume names)      chexcli.train.run_folder
+      data: the training set and its sharded batch sampler  chexcli.train.data_setup
+      model: built from the stage's sources, or resumed     chexcli.train.model_setup
+      objective: batch -> (loss, sub-losses)                chexcli.train.objective
+      loop: every update = accumulation micro-batches (forward under autocast, backward,
+            `no_sync` on all but the last), clip, step; then log, validate, checkpoint
+      export RUN_DIR/bundle (and RUN_DIR/bundle-best at each better validation)
 
-Steps count optimizer updates. Model-side randomness (dropout, prompt
-synonyms, subsampling) is re-seeded at every micro-batch from
-(seed, update, shard), so a resumed run draws what the interrupted one would
-have drawn, and one process with accumulation k equals k processes.
+Steps count optimizer updates. Model-side randomness (dropout, prompt synonyms,
+subsampling) is re-seeded at every micro-batch from (seed, update, shard), so a resumed run
+draws what the interrupted one would have drawn, and one process with accumulation k equals
+k processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
-import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
-import yaml
 
+from chexcli.devices import resolve_device
 from chexcli.errors import ChexError
-from chexcli.model.bundle import save_bundle
+from chexcli.model.bundle import load_skeleton, save_bundle
 from chexcli.train import distributed as dist_utils
+from chexcli.train.best_bundle import BestMetric
 from chexcli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from chexcli.train.data_setup import (ShardedBatchSampler, check_folders, dataset_names, shard_index, text_corpus,
-                                      training_dataset)
-from chexcli.train.encoding_cache import FrozenEncodingCache
-from chexcli.train.model_setup import (apply_freezing, build_model, load_skeleton, save_skeleton,
-                                      set_regularisation)
-from chexcli.train.objective import ChexObjective, TxtgenObjective
-from chexcli.train.recipe import resolve_recipe
+from chexcli.train.data_setup import ShardedBatchSampler, dataset_names, shard_index, text_corpus, training_dataset
+from chexcli.train.distributed import DistInfo
+from chexcli.train.freezing import apply_freezing
+from chexcli.train.metrics_log import MetricsLog
+from chexcli.train.model_setup import build_model
+from chexcli.train.objective import make_objective
+from chexcli.train.options import TrainOptions
+from chexcli.train.progress import ProgressBar
+from chexcli.train.run_folder import (CHECKPOINT_DIR, MODEL_DIR, RunSpec, create_run_folder, remove_run_folder,
+                                      resolve_run, write_state)
 from chexcli.train.schedule import CosineWarmupSchedule
-from chexcli.train.supervisors import LossWeights, SupervisionOptions
+from chexcli.train.stop_flag import StopFlag
+from chexcli.train.validation import Validation, validate
 from chexcli.workers import available_cpus, worker_init
 
-CONFIG_FILE = "config.yaml"
-ARGS_FILE = "args.json"
-STATE_FILE = "state.json"
-METRICS_FILE = "metrics.jsonl"
+IMAGE_SIZE = 224
 
 
-@dataclass
-class TrainOptions:
-    """What `chex train` was asked to do (the CLI's options)."""
-
-    stage: str
-    data: list[Path] = field(default_factory=list)
-    init: Path | None = None
-    init_generator: Path | None = None
-    model_config: str = "paper"
-    out: Path = Path("runs/train")
-    name: str | None = None
-    config: Path | None = None
-    profile: str | None = None
-    sets: list[str] = field(default_factory=list)
-    max_steps: int | None = None
-    checkpoint_every: int | None = None
-    val_every: int | None = None
-    batch_size: int | None = None
-    device: str = "auto"
-    seed: int | None = None
-    resume: Path | None = None
-    compile: bool = False
-    progress: bool = True
-
-    def recipe_overrides(self) -> dict[str, Any]:
-        return {"optim.max_steps": self.max_steps, "run.checkpoint_every": self.checkpoint_every,
-                "run.val_every": self.val_every, "optim.batch_size": self.batch_size, "run.seed": self.seed}
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if k == "data" else v)
-                for k, v in d.items()}
+def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
+    """Run (or resume) one training run; returns the run folder."""
+    device, info = start_processes(opts.device)
+    say = echo if info.is_main else (lambda msg: None)
+    spec = resolve_run(opts)
+    if spec.finished:
+        say(f"{spec.folder} has already finished (bundle: {spec.folder / 'bundle'}); nothing to do")
+        return spec.folder
+    trainer = Trainer(spec, opts, device, info, say)
+    interrupted = False
+    with StopFlag() as stop, trainer.progress:
+        while trainer.step < trainer.max_steps and not interrupted:
+            batches = trainer.epoch_batches()
+            for _ in range(trainer.position, trainer.per_epoch):
+                if trainer.step >= trainer.max_steps:
+                    break
+                trainer.update(batches)
+                trainer.log_if_due()
+                trainer.validate_if_due()
+                trainer.checkpoint_if_due()
+                if stop.raised:
+                    interrupted = True
+                    break
+            if not interrupted:
+                trainer.next_epoch_if_done()
+    if interrupted:
+        trainer.stop()
+    return trainer.finish()
 
 
-# ------------------------------------------------------------------------------------------ helpers
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ChexError("--device cuda: no CUDA device is available here; use --device cpu")
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise ChexError(f"--device {name!r}: use cpu, cuda or auto")
-    return torch.device("cpu")
+# ------------------------------------------------------------------------------------------ processes
+def start_processes(device_name: str) -> tuple[torch.device, DistInfo]:
+    """This process's device and its place among the DDP processes (one process without torchrun)."""
+    device = resolve_device(device_name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", 0)
+    info = dist_utils.init(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    return device, info
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -107,95 +106,6 @@ def micro_seed(seed: int, update: int, shard: int) -> int:
     return (seed * 1_000_003 + update * 10_007 + shard) % (2**63 - 1)
 
 
-class JsonLog:
-    """metrics.jsonl (appended) and, when the package is installed, TensorBoard events (rank 0 only)."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.enabled = enabled
-        self.path = run_dir / METRICS_FILE
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception:  # noqa: BLE001 - tensorboard is optional
-                self.tb = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if self.tb is not None and "step" in record:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch", "time"):
-                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-class StopFlag:
-    """Ctrl-C / SIGTERM: finish the current update, write a checkpoint, exit."""
-
-    def __init__(self):
-        self.raised = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.raised:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.raised = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-# ------------------------------------------------------------------------------------------ run folder
-def _new_run_dir(out: Path, name: str | None, stage: str) -> Path:
-    from chexcli.runs import new_run_dir
-
-    return new_run_dir(out, name or ("txtgen" if stage == "txtgen" else f"stage{stage}"))
-
-
-def _read_state(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_state(run_dir: Path, **state) -> None:
-    tmp = run_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(run_dir / STATE_FILE)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-# ------------------------------------------------------------------------------------------ validation
-def validate(model, objective, recipe: dict, folders: list[Path], device: torch.device, batch_size: int,
-             log: Callable[[str], None]) -> dict[str, float]:
-    """Validation loss on the val split of the training data, plus the recipe's evaluation tasks."""
-    from chexcli.train.validation import run_validation
-
-    return run_validation(model, objective, recipe, folders, device, batch_size, log)
-
-
-# ------------------------------------------------------------------------------------------ the loop
 def make_optimizer(params: list, weight_decay: float, device: torch.device, lr: float = 0.0,
                    fused: bool = True) -> torch.optim.AdamW:
     """AdamW, fused on CUDA and on the CPU (several times faster than foreach there) unless
@@ -205,307 +115,102 @@ def make_optimizer(params: list, weight_decay: float, device: torch.device, lr: 
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-def train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
-    """Run (or resume) one training run; returns the run folder."""
-    device = pick_device(opts.device)
-    info = dist_utils.init(device.type)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-    say = echo if info.is_main else (lambda msg: None)
-
-    # --- recipe and run folder ----------------------------------------------------------------
-    if opts.resume is not None:
-        run_dir = Path(opts.resume)
-        if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / ARGS_FILE).is_file():
-            raise ChexError(f"--resume {run_dir} is not a chex train run folder (no {CONFIG_FILE}); "
-                            "pass RUN_DIR of an earlier `chex train`")
-        recipe = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-        saved = json.loads((run_dir / ARGS_FILE).read_text())
-        stage = saved["stage"]
-        asked = (opts.sets or opts.config or opts.profile
-                 or any(v is not None for v in opts.recipe_overrides().values()))
-        if asked:
-            wanted = resolve_recipe(stage, opts.config, opts.sets, opts.recipe_overrides(),
-                                    opts.profile or saved.get("profile"))
-            if wanted != recipe:
-                raise ChexError(f"--resume {run_dir}: the given options change its configuration; resume without "
-                                "--set/--config/--max-steps/... or start a new run")
-        if _read_state(run_dir).get("status") == "finished":
-            say(f"{run_dir} has already finished (bundle: {run_dir / 'bundle'}); nothing to do")
-            return run_dir
-        folders = [Path(p) for p in saved["data"]]
-        init = Path(saved["init"]) if saved.get("init") else None
-        init_generator = Path(saved["init_generator"]) if saved.get("init_generator") else None
-        model_config = saved.get("model_config", "paper")
-    else:
-        stage = opts.stage
-        recipe = resolve_recipe(stage, opts.config, opts.sets, opts.recipe_overrides(), opts.profile)
-        folders = [Path(p).resolve() for p in opts.data]
-        check_folders(folders)
-        init, init_generator, model_config = opts.init, opts.init_generator, opts.model_config
-        for option, path in (("--init", init), ("--init-generator", init_generator)):
-            if path is not None and not Path(path).is_dir():
-                raise ChexError(f"{option} {path} is not a bundle folder; pass RUN_DIR/bundle of an earlier run "
-                                "or a bundle from `chex weights import`")
-        run_dir = None
-    seed = int(recipe["run"]["seed"])
-    optim_cfg = recipe["optim"]
-    accum = int(optim_cfg["accumulation_steps"])
-    if optim_cfg["batch_size"] % info.world:
-        raise ChexError(f"--batch-size {optim_cfg['batch_size']} must be divisible by the {info.world} processes")
-    micro = optim_cfg["batch_size"] // info.world
-
-    # --- data -------------------------------------------------------------------------------
-    size = 224
-    dataset = training_dataset(folders, recipe["data"]["train"], size, seed, recipe["data"]["swap_laterality"],
-                               recipe["data"]["augment_multiboxes"], recipe["data"].get("augmentation", "reference"))
-    sampler = ShardedBatchSampler(len(dataset), micro, accum, info.world, info.rank, seed)
-    per_epoch = sampler.updates_per_epoch()
-    max_steps = optim_cfg["max_steps"] or optim_cfg["max_epochs"] * per_epoch
-
-    # --- model ------------------------------------------------------------------------------
-    checkpoint = None
-    if run_dir is None:
-        if info.is_main:
-            run_dir = _new_run_dir(opts.out, opts.name, stage)
-            # the recipe and options first: from here on the run folder can be resumed
-            _atomic_text(run_dir / CONFIG_FILE, yaml.safe_dump(recipe, sort_keys=False))
-            args = opts.to_json()
-            args.update(stage=stage, data=[str(f) for f in folders],
-                        init=str(Path(init).resolve()) if init else None,
-                        init_generator=str(Path(init_generator).resolve()) if init_generator else None)
-            _atomic_text(run_dir / ARGS_FILE, json.dumps(args, indent=1))
-        run_dir = Path(dist_utils.broadcast_object(info, str(run_dir) if run_dir else None))
-        try:
-            torch.manual_seed(seed)
-            model = build_model(stage, init, init_generator, model_config, lambda: text_corpus(dataset),
-                                run_dir / ".work", say)
-        except BaseException:
-            if info.is_main:  # nothing was trained yet: leave no run folder behind
-                import shutil
-
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        if info.is_main:
-            save_skeleton(model, run_dir / "model")
-            _write_state(run_dir, status="running", step=0, max_steps=max_steps)
-        dist_utils.barrier(info)
-    else:
-        checkpoint = load_checkpoint(run_dir / "checkpoints")
-        if checkpoint is not None:
-            model = load_skeleton(run_dir / "model")
-            model.load_state_dict(checkpoint["model"])
-        else:  # killed before the first checkpoint: the initial weights are rebuilt exactly
-            torch.manual_seed(seed)
-            model = build_model(stage, init, init_generator, model_config, lambda: text_corpus(dataset),
-                                run_dir / ".work", say)
-            if info.is_main:
-                save_skeleton(model, run_dir / "model")
-    model.to(device)
-    apply_freezing(model, recipe)
-    model.train()  # after freezing: a frozen convolutional tower stays in eval mode (conv_encoder)
-    set_regularisation(model, recipe)
-    if recipe["run"].get("activation_checkpointing") and model.txt_decoder is not None:
-        model.txt_decoder.language_model.gradient_checkpointing = True
-
-    classes, anatomies, multi = dataset_names(dataset)
-    if stage == "txtgen":
-        t = recipe["txtgen"]
-        objective = TxtgenObjective(model, t["max_sentences"], tuple(t["copies"]), t["dropout"],
-                                    t["generation_include_padding"], t["generation_keep_end_token"],
-                                    t.get("prefix_activation", "gelu"))
-    else:
-        sup = SupervisionOptions(**recipe["supervision"])
-        # without augmentation a frozen image tower sees the same image tensors every epoch
-        cache = recipe["run"].get("cache_frozen_encodings") and recipe["data"].get("augmentation") == "none"
-        encodings = FrozenEncodingCache() if cache else None
-        objective = ChexObjective(model, LossWeights(**recipe["loss"]), sup, classes, anatomies,
-                                  multi if sup.use_multiboxes else [], encodings)
-    _prewarm_text_cache(model, objective, dataset, say)
-
-    wrapped = objective
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        # every trained parameter gets a gradient in every micro-batch (ChexObjective keeps an idle
-        # generator in the graph), so DDP needs no extra search for unused ones
-        wrapped = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
-                      find_unused_parameters=False)
-    forward = torch.compile(wrapped) if opts.compile else wrapped
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ChexError("the recipe trains nothing (model.trainable is empty)")
-    optimizer = make_optimizer(params, optim_cfg["weight_decay"], device, fused=optim_cfg.get("fused", True))
-    dtype = amp_dtype(recipe["run"]["amp"], device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    step, epoch, position, best = 0, 0, 0, None
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        step, epoch, position = int(checkpoint["step"]), int(checkpoint["epoch"]), int(checkpoint["position"])
-        best = checkpoint.get("best")
-        set_rng_state(checkpoint["rng"])
-    log = JsonLog(run_dir, info.is_main)
-    log.write({"kind": "resume" if opts.resume is not None else "start", "step": step, "time": time.time(),
-               "trainable_parameters": sum(p.numel() for p in params), "processes": info.world})
-    say(f"stage {stage}: {len(dataset)} training samples, {per_epoch} updates per epoch of "
-        f"{sampler.global_batch}, {max_steps} updates, {sum(p.numel() for p in params):,} trained parameters "
-        f"-> {run_dir}")
-
-    def save(status: str) -> None:
-        if info.is_main:
-            save_checkpoint(run_dir / "checkpoints", {
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "step": step, "epoch": epoch, "position": position, "best": best, "rng": rng_state(),
-                "recipe": json.dumps(recipe, sort_keys=True),
-            })
-            _write_state(run_dir, status=status, step=step, max_steps=max_steps)
-        dist_utils.barrier(info)
-
-    schedule = CosineWarmupSchedule.from_recipe(optim_cfg, max_steps)
-    workers = loader_workers(recipe["data"]["workers"], info)
-    val_every = per_epoch if recipe["run"]["val_every"] is None else recipe["run"]["val_every"]  # 0: never
-    ckpt_every = recipe["run"]["checkpoint_every"]
-    log_every = recipe["run"]["log_every"]
-    best_key, best_mode = None, "max"
-    progress = _Progress(max_steps, step, enabled=opts.progress and info.is_main)
-    window_t, window_n = time.perf_counter(), 0
-    interrupted = False
-    with StopFlag() as stop, progress:
-        while step < max_steps:
-            dataset.set_epoch(epoch)
-            loader = _loader(dataset, sampler, epoch, position, workers, device)
-            batches = iter(loader)
-            for _ in range(position, per_epoch):
-                if step >= max_steps:
-                    break
-                lr = schedule.lr(step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                sums: dict[str, float] = {}
-                for m in range(accum):
-                    batch = next(batches)
-                    torch.manual_seed(micro_seed(seed, step, shard_index(info.rank, accum, m)))
-                    sync = m == accum - 1 or not info.enabled
-                    ctx = contextlib.nullcontext() if sync else wrapped.no_sync()
-                    with ctx:
-                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                            loss, metrics = forward(batch)
-                        scaler.scale(loss / accum).backward()
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + v / accum
-                    window_n += len(batch["x"]) * info.world
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, optim_cfg["grad_clip"])
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                position += 1
-                progress.update(step, sums.get("loss", float("nan")), lr)
-                if step % log_every == 0 or step == max_steps:
-                    now = time.perf_counter()
-                    rate = window_n / max(now - window_t, 1e-9)
-                    window_t, window_n = now, 0
-                    progress.rate = rate
-                    log.write({"kind": "train", "step": step, "epoch": epoch, "lr": lr,
-                               "grad_norm": float(grad_norm), "samples_per_s": rate, "time": time.time(),
-                               **sums})
-                if val_every and (step % val_every == 0 or step == max_steps):
-                    results = _validation(model, objective, recipe, folders, device, optim_cfg["batch_size"],
-                                          info, progress)
-                    headline = results.pop("_headline", None)
-                    if results:
-                        if best_key is None:
-                            best_key, best_mode = _best_key(recipe, headline)
-                        value = results.get(best_key)
-                        improved = value is not None and math.isfinite(value) and (
-                            best is None or (value > best if best_mode == "max" else value < best))
-                        if improved:
-                            best = value
-                            if info.is_main:
-                                save_bundle(model, run_dir / "bundle-best", overwrite=True,
-                                            provenance=_provenance(model, stage, step, {best_key: value}))
-                        log.write({"kind": "val", "step": step, "epoch": epoch, "best_metric": best_key,
-                                   "best": best, "time": time.time(), **results})
-                    model.train()  # validation switched to eval mode, with or without results
-                if step % ckpt_every == 0 and step < max_steps:
-                    save("running")
-                if stop.raised:
-                    interrupted = True
-                    break
-            if interrupted:
-                break
-            if position >= per_epoch:
-                epoch, position = epoch + 1, 0
-    if interrupted:
-        save("interrupted")
-        log.close()
-        dist_utils.shutdown(info)
-        raise ChexError(f"interrupted at update {step}; a checkpoint was written. Continue with "
-                        f"`chex train --resume {run_dir}`", exit_code=130)
-    save("exporting")
-    if info.is_main:
-        save_bundle(model, run_dir / "bundle", overwrite=True,
-                    provenance=_provenance(model, stage, step, {"best": best, "best_metric": best_key}))
-        _write_state(run_dir, status="finished", step=step, max_steps=max_steps)
-        log.write({"kind": "end", "step": step, "time": time.time()})
-    log.close()
-    dist_utils.barrier(info)
-    dist_utils.shutdown(info)
-    say(f"finished: {run_dir / 'bundle'}")
-    return run_dir
-
-
-def _provenance(model, stage: str, step: int, extra: dict) -> dict:
-    prov = dict(getattr(model, "provenance", {}) or {})
-    prov.update(source="chex train", stage=stage, step=step, **extra)
-    return prov
-
-
-def _best_key(recipe: dict, headline: str | None) -> tuple[str, str]:
-    wanted = recipe["run"].get("best_metric", "auto")
-    if wanted and wanted != "auto":
-        mode = "min" if "loss" in wanted else "max"
-        return wanted, mode
-    if headline:
-        return headline, "max"
-    return "val/loss", "min"
-
-
-def _validation(model, objective, recipe, folders, device, batch_size, info, progress) -> dict[str, float]:
-    if not info.is_main:
-        dist_utils.barrier(info)
-        return {}
-    with progress.paused():
-        results = validate(model, objective, recipe, folders, device, batch_size, lambda m: None)
-    dist_utils.barrier(info)
-    return results
-
-
-def loader_workers(requested: int, info) -> int:
+def loader_workers(requested: int, info: DistInfo) -> int:
     """Data-loader workers per process: the recipe's count, at most the CPUs this process may use
     divided among the processes of this machine (more only compete for the same cores)."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world if info.enabled else 1))
     return max(0, min(int(requested), available_cpus() // max(1, local)))
 
 
-def _loader(dataset, sampler: ShardedBatchSampler, epoch: int, position: int, workers: int, device):
-    from torch.utils.data import DataLoader
+# ------------------------------------------------------------------------------------------ data
+@dataclass
+class TrainingData:
+    """The training set of a run and the sampler that shards its batches over processes and
+    accumulation micro-batches; `micro` samples per micro-batch and process."""
 
-    from chexcli.data.dataset import collate
+    dataset: object
+    sampler: ShardedBatchSampler
+    micro: int
+    accumulation: int
 
-    batches = list(sampler.epoch_batches(epoch, position))
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=False,
-                      prefetch_factor=2 if workers else None,
-                      worker_init_fn=worker_init() if workers else None)  # workers die with this process
+    @classmethod
+    def build(cls, spec: RunSpec, info: DistInfo) -> "TrainingData":
+        optim, data = spec.recipe["optim"], spec.recipe["data"]
+        if optim["batch_size"] % info.world:
+            raise ChexError(f"--batch-size {optim['batch_size']} must be divisible by the {info.world} processes")
+        micro, accumulation = optim["batch_size"] // info.world, int(optim["accumulation_steps"])
+        dataset = training_dataset(spec.folders, data["train"], IMAGE_SIZE, spec.seed, data["swap_laterality"],
+                                   data["augment_multiboxes"], data.get("augmentation", "reference"))
+        sampler = ShardedBatchSampler(len(dataset), micro, accumulation, info.world, info.rank, spec.seed)
+        return cls(dataset, sampler, micro, accumulation)
+
+    def max_steps(self, optim: dict) -> int:
+        return optim["max_steps"] or optim["max_epochs"] * self.sampler.updates_per_epoch()
+
+    def loader(self, epoch: int, position: int, workers: int, device: torch.device):
+        """The batches of `epoch` from update `position` on (loader workers die with this process)."""
+        from torch.utils.data import DataLoader
+
+        from chexcli.data.dataset import collate
+
+        self.dataset.set_epoch(epoch)
+        batches = list(self.sampler.epoch_batches(epoch, position))
+        return DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+                          pin_memory=device.type == "cuda", persistent_workers=False,
+                          prefetch_factor=2 if workers else None, worker_init_fn=worker_init() if workers else None)
 
 
-def _prewarm_text_cache(model, objective, dataset, say) -> None:
+# ------------------------------------------------------------------------------------------ model
+def initial_model(spec: RunSpec, opts: TrainOptions, info: DistInfo, data: TrainingData, max_steps: int,
+                  say: Callable[[str], None]) -> tuple[Path, torch.nn.Module, dict | None]:
+    """(run folder, model, checkpoint): a new run's folder and model, or the resumed run's model
+    with its last checkpoint (None when it was killed before the first one: the initial weights are
+    then rebuilt exactly). A new run that fails before training leaves no folder behind."""
+    if spec.folder is not None:
+        checkpoint = load_checkpoint(spec.folder / CHECKPOINT_DIR)
+        if checkpoint is None:
+            return spec.folder, _built_model(spec, spec.folder, info, data, say), None
+        model = load_skeleton(spec.folder / MODEL_DIR)
+        model.load_state_dict(checkpoint["model"])
+        return spec.folder, model, checkpoint
+    folder = create_run_folder(spec, opts) if info.is_main else None
+    folder = Path(dist_utils.broadcast_object(info, str(folder) if folder else None))
+    try:
+        model = _built_model(spec, folder, info, data, say)
+    except BaseException:
+        if info.is_main:
+            remove_run_folder(folder)
+        raise
+    if info.is_main:
+        write_state(folder, status="running", step=0, max_steps=max_steps)
+    dist_utils.barrier(info)
+    return folder, model, None
+
+
+def _built_model(spec: RunSpec, folder: Path, info: DistInfo, data: TrainingData, say) -> torch.nn.Module:
+    """The stage's initial model (seeded), its skeleton saved in the run folder."""
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.stage, spec.init, spec.init_generator, spec.model_config,
+                        lambda: text_corpus(data.dataset), folder / ".work", say, spec.recipe["model"])
+    if info.is_main:
+        save_bundle(model, folder / MODEL_DIR, overwrite=True, weights=False)
+    return model
+
+
+def prepare_for_training(model, recipe: dict, device: torch.device) -> list[torch.nn.Parameter]:
+    """Move, freeze and switch the model to train mode; returns the trained parameters."""
+    model.to(device)
+    apply_freezing(model, recipe)
+    model.train()  # after freezing: a frozen convolutional tower stays in eval mode (conv_encoder)
+    if recipe["run"].get("activation_checkpointing") and model.txt_decoder is not None:
+        model.txt_decoder.language_model.gradient_checkpointing = True
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ChexError("the recipe trains nothing (model.trainable is empty)")
+    return params
+
+
+def prewarm_text_cache(model, objective, dataset) -> None:
     """Embed every training string once, in a fixed order and chunking.
 
     The frozen text tower's cache then holds the same values whether a run
@@ -522,37 +227,175 @@ def _prewarm_text_cache(model, objective, dataset, say) -> None:
             model.encode_sentences(strings[start:start + 256])
 
 
-class _Progress:
-    """A rich progress bar on stderr: step, loss, lr, samples/s, ETA."""
+def wrapped_for_processes(objective, info: DistInfo, device: torch.device, compile: bool):
+    """(the module whose `no_sync` defers gradient reduction, the callable a micro-batch goes through)."""
+    wrapped = objective
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-    def __init__(self, total: int, done: int, enabled: bool):
-        self.enabled = enabled
-        self.total, self.done = total, done
-        self.rate = 0.0
-        self._bar = None
+        # every trained parameter gets a gradient in every micro-batch (ChexObjective keeps an idle
+        # generator in the graph), so DDP needs no extra search for unused ones
+        wrapped = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
+                      find_unused_parameters=False)
+    return wrapped, torch.compile(wrapped) if compile else wrapped
 
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
-                                            "{task.fields[rate]:.1f} samples/s"),
-                                 TimeRemainingColumn(), console=Console(stderr=True), transient=False)
-            self._bar.__enter__()
-            self._task = self._bar.add_task("train", total=self.total, completed=self.done, loss=float("nan"),
-                                            lr=0.0, rate=0.0)
-        return self
+# ------------------------------------------------------------------------------------------ the run
+class Trainer:
+    """One run's model, objective, optimizer and counters, and the named steps of its loop."""
 
-    def update(self, step: int, loss: float, lr: float) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=step, loss=loss, lr=lr, rate=self.rate)
+    def __init__(self, spec: RunSpec, opts: TrainOptions, device: torch.device, info: DistInfo, say):
+        recipe, optim = spec.recipe, spec.recipe["optim"]
+        self.spec, self.recipe, self.device, self.info, self.say = spec, recipe, device, info, say
+        self.data = TrainingData.build(spec, info)
+        self.per_epoch, self.max_steps = self.data.sampler.updates_per_epoch(), self.data.max_steps(optim)
+        self.run_dir, self.model, checkpoint = initial_model(spec, opts, info, self.data, self.max_steps, say)
+        self.params = prepare_for_training(self.model, recipe, device)
+        self.objective = make_objective(spec.stage, self.model, recipe, dataset_names(self.data.dataset))
+        prewarm_text_cache(self.model, self.objective, self.data.dataset)
+        self.wrapped, self.forward = wrapped_for_processes(self.objective, info, device, opts.compile)
+        self.optimizer = make_optimizer(self.params, optim["weight_decay"], device, fused=optim.get("fused", True))
+        self.dtype = amp_dtype(recipe["run"]["amp"], device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.schedule = CosineWarmupSchedule.from_recipe(optim, self.max_steps)
+        self.workers = loader_workers(recipe["data"]["workers"], info)
+        self.step = self.epoch = self.position = 0
+        self.best = BestMetric(recipe["run"].get("best_metric", "auto"))
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self.log = MetricsLog(self.run_dir, info.is_main)
+        self.progress = ProgressBar(self.max_steps, self.step, enabled=opts.progress and info.is_main)
+        self.window_start, self.window_samples, self.last = time.perf_counter(), 0, {}
+        self._announce(resumed=opts.resume is not None)
 
-    @contextlib.contextmanager
-    def paused(self):
-        yield
+    def _restore(self, checkpoint: dict) -> None:
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.step, self.epoch = int(checkpoint["step"]), int(checkpoint["epoch"])
+        self.position, self.best.value = int(checkpoint["position"]), checkpoint.get("best")
+        set_rng_state(checkpoint["rng"])
 
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+    def _announce(self, resumed: bool) -> None:
+        trained = sum(p.numel() for p in self.params)
+        self.log.write({"kind": "resume" if resumed else "start", "step": self.step, "time": time.time(),
+                        "trainable_parameters": trained, "processes": self.info.world})
+        self.say(f"stage {self.spec.stage}: {len(self.data.dataset)} training samples, {self.per_epoch} updates "
+                 f"per epoch of {self.data.sampler.global_batch}, {self.max_steps} updates, {trained:,} trained "
+                 f"parameters -> {self.run_dir}")
+
+    # --- one update ---------------------------------------------------------------------------
+    def epoch_batches(self):
+        return iter(self.data.loader(self.epoch, self.position, self.workers, self.device))
+
+    def update(self, batches) -> None:
+        """One optimizer update over `accumulation` micro-batches; the sub-losses averaged over them."""
+        lr = self.schedule.lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        sums: dict[str, float] = {}
+        for m in range(self.data.accumulation):
+            batch = next(batches)
+            metrics = self._micro_batch(batch, m)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v / self.data.accumulation
+            self.window_samples += len(batch["x"]) * self.info.world
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.recipe["optim"]["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.position += 1
+        self.last = {"lr": lr, "grad_norm": grad_norm, **sums}
+
+    def _micro_batch(self, batch: dict, m: int) -> dict[str, float]:
+        """Forward and backward of micro-batch `m` of the update, seeded from (seed, update, shard)."""
+        accumulation = self.data.accumulation
+        torch.manual_seed(micro_seed(self.spec.seed, self.step, shard_index(self.info.rank, accumulation, m)))
+        last = m == accumulation - 1 or not self.info.enabled
+        with contextlib.nullcontext() if last else self.wrapped.no_sync():
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                loss, metrics = self.forward(batch)
+            self.scaler.scale(loss / accumulation).backward()
+        return metrics
+
+    # --- after an update ------------------------------------------------------------------------
+    def log_if_due(self) -> None:
+        """The progress bar after every update; a `train` record every `run.log_every` updates."""
+        last, rate = dict(self.last), None
+        lr, grad_norm = last.pop("lr"), last.pop("grad_norm")
+        if self.step % self.recipe["run"]["log_every"] == 0 or self.step == self.max_steps:
+            now = time.perf_counter()
+            rate = self.window_samples / max(now - self.window_start, 1e-9)
+            self.window_start, self.window_samples = now, 0
+            self.log.write({"kind": "train", "step": self.step, "epoch": self.epoch, "lr": lr,
+                            "grad_norm": float(grad_norm), "samples_per_s": rate, "time": time.time(), **last})
+        self.progress.update(self.step, last.get("loss", float("nan")), lr, rate=rate)
+
+    def validate_if_due(self) -> None:
+        """Validate every `run.val_every` updates (default: once per epoch; 0: never) and at the end."""
+        every = self.recipe["run"]["val_every"]
+        every = self.per_epoch if every is None else every
+        if not every or (self.step % every and self.step != self.max_steps):
+            return
+        result = Validation()
+        if self.info.is_main:
+            result = validate(self.model, self.objective, self.recipe, self.spec.folders, self.device,
+                              self.recipe["optim"]["batch_size"])
+        dist_utils.barrier(self.info)
+        if result.metrics:
+            if self.best.improved_by(result) and self.info.is_main:
+                save_bundle(self.model, self.run_dir / "bundle-best", overwrite=True,
+                            provenance=self._provenance({self.best.key: self.best.value}))
+            self.log.write({"kind": "val", "step": self.step, "epoch": self.epoch, "best_metric": self.best.key,
+                            "best": self.best.value, "time": time.time(), **result.metrics})
+        self.model.train()  # validation switched to eval mode, with or without results
+
+    def checkpoint_if_due(self) -> None:
+        if self.step % self.recipe["run"]["checkpoint_every"] == 0 and self.step < self.max_steps:
+            self.save("running")
+
+    def next_epoch_if_done(self) -> None:
+        if self.position >= self.per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+
+    # --- saving -----------------------------------------------------------------------------
+    def save(self, status: str) -> None:
+        """A checkpoint of everything a resume needs, and the run's state (rank 0 writes)."""
+        if self.info.is_main:
+            save_checkpoint(self.run_dir / CHECKPOINT_DIR, {
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "step": self.step, "epoch": self.epoch, "position": self.position, "best": self.best.value,
+                "rng": rng_state(), "recipe": json.dumps(self.recipe, sort_keys=True),
+            })
+            write_state(self.run_dir, status=status, step=self.step, max_steps=self.max_steps)
+        dist_utils.barrier(self.info)
+
+    def stop(self) -> None:
+        """Ctrl-C: checkpoint, then a ChexError that says how to continue."""
+        self.save("interrupted")
+        self.log.close()
+        dist_utils.shutdown(self.info)
+        raise ChexError(f"interrupted at update {self.step}; a checkpoint was written. Continue with "
+                        f"`chex train --resume {self.run_dir}`", exit_code=130)
+
+    def finish(self) -> Path:
+        """Checkpoint, export RUN_DIR/bundle, mark the run finished; returns the run folder."""
+        self.save("exporting")
+        if self.info.is_main:
+            save_bundle(self.model, self.run_dir / "bundle", overwrite=True,
+                        provenance=self._provenance({"best": self.best.value, "best_metric": self.best.key}))
+            write_state(self.run_dir, status="finished", step=self.step, max_steps=self.max_steps)
+            self.log.write({"kind": "end", "step": self.step, "time": time.time()})
+        self.log.close()
+        dist_utils.barrier(self.info)
+        dist_utils.shutdown(self.info)
+        self.say(f"finished: {self.run_dir / 'bundle'}")
+        return self.run_dir
+
+    def _provenance(self, extra: dict) -> dict:
+        return {**self.model.provenance, "source": "chex train", "stage": self.spec.stage, "step": self.step, **extra}
+
+
+__all__ = ["Trainer", "amp_dtype", "loader_workers", "make_optimizer", "micro_seed", "train"]

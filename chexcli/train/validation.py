@@ -1,4 +1,4 @@
-"""Validation during training (TRAINING.md §9), in eval mode and fp32.
+"""Validation during training (docs/training.md#validation), in eval mode and fp32.
 
 * `val/<loss>`: the training objective on the val split of the first training
   dataset (the reference's `train_metrics` losses; the pathology supervisor
@@ -9,15 +9,17 @@
   its own text embedding, scored with BLEU-4 and ROUGE-L.
 
 `run.val_batches` caps the number of batches of each part (None: all).
-`_headline` names the metric a best bundle is chosen by: the first task's
-headline metric, BLEU-4 for txtgen, else none (then `val/loss` is used).
+`validate` returns a `Validation`: the metrics, and the headline metric a best
+bundle is chosen by: the first task's headline metric, BLEU-4 for txtgen,
+else none (then chexcli.train.best_bundle uses `val/loss`).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -62,8 +64,6 @@ def sentence_reconstruction(model, folder: Path, config: str, cap_sentences: int
     from chexcli.metrics.text import clean_pairs, nlg_scores
 
     ds = ChexDataset(folder, config, "val", transform="eval")
-    import json
-
     sentences: list[str] = []
     for cell in ds.df["report_sentences"]:
         sentences.extend(json.loads(cell) if cell else [])
@@ -82,10 +82,24 @@ def sentence_reconstruction(model, folder: Path, config: str, cap_sentences: int
     return out
 
 
+@dataclass
+class Validation:
+    """Metrics of one validation (`val/...` -> value; empty when nothing could be validated) and
+    the key of its headline metric (None: none of its parts has one)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    headline: str | None = None
+
+    def add(self, other: "Validation") -> None:
+        """Take `other`'s metrics, and its headline if this one has none yet."""
+        self.metrics.update(other.metrics)
+        self.headline = self.headline or other.headline
+
+
 @torch.no_grad()
 def task_metrics(model, task_name: str, folders: list[Path], device, batch_size: int,
-                 cap: int | None) -> dict[str, float]:
-    """One evaluation-package task on the val split -> `val/<task>/<metric>`; {} when its data is absent."""
+                 cap: int | None) -> Validation:
+    """One evaluation-package task on the val split -> `val/<task>/<metric>`; empty when its data is absent."""
     from chexcli.evaluate.inference import TaskInference
     from chexcli.evaluate.scoring import score_task
     from chexcli.evaluate.targets import batch_targets
@@ -94,43 +108,38 @@ def task_metrics(model, task_name: str, folders: list[Path], device, batch_size:
     task = load_task(task_name)
     folder = find_folder(folders, task.dataset, "val")
     if folder is None:
-        return {}
+        return Validation()
     inference = TaskInference(model, task, device=device, seed=42)
     records, targets = [], []
     for batch in islice(_loader(folder, task.dataset, batch_size), cap):
         records += inference(batch)
         targets += list(batch_targets(task.kind, batch))
     if not records:
-        return {}
+        return Validation()
     scores = score_task(task, records, targets, n_bootstrap=0)
-    out = {f"val/{task_name}/{k}": float(v) for k, v in scores.metrics.items() if isinstance(v, (int, float))}
-    out["_headline_key"] = f"val/{task_name}/{task.headline}"
-    return out
+    metrics = {f"val/{task_name}/{k}": float(v) for k, v in scores.metrics.items() if isinstance(v, (int, float))}
+    headline = f"val/{task_name}/{task.headline}"
+    return Validation(metrics, headline if headline in metrics else None)
 
 
-def run_validation(model, objective, recipe: dict, folders: list[Path], device, batch_size: int,
-                   log: Callable[[str], None]) -> dict:
+def validate(model, objective, recipe: dict, folders: list[Path], device, batch_size: int) -> Validation:
+    """The validation loss on the val split of the first training dataset, then the recipe's
+    evaluation tasks (`data.val_tasks`); leaves the model in eval mode."""
     model.eval()
     cap = recipe["run"].get("val_batches")
     first = recipe["data"]["train"][0]
     folder = find_folder(folders, first, "val")
-    results: dict = {}
-    headline = None
+    result = Validation()
     if folder is not None:
-        results.update(validation_loss(objective, folder, first, batch_size, cap))
-        if "val/loss" not in results and "val/txtgen_loss" in results:
-            results["val/loss"] = results["val/txtgen_loss"]
+        result.metrics.update(validation_loss(objective, folder, first, batch_size, cap))
+        if "val/loss" not in result.metrics and "val/txtgen_loss" in result.metrics:
+            result.metrics["val/loss"] = result.metrics["val/txtgen_loss"]
     for name in recipe["data"].get("val_tasks") or []:
-        if name == "sentgen":
-            if folder is not None and model.txt_decoder is not None and model.decode is not None:
-                results.update(sentence_reconstruction(model, folder, first))
-                headline = headline or "val/sentgen/BLEU-4"
-            continue
-        part = task_metrics(model, name, folders, device, batch_size, cap)
-        key = part.pop("_headline_key", None)
-        if key in part:
-            headline = headline or key
-        results.update(part)
-    if headline:
-        results["_headline"] = headline
-    return results
+        if name != "sentgen":
+            result.add(task_metrics(model, name, folders, device, batch_size, cap))
+        elif folder is not None and model.txt_decoder is not None and model.decode is not None:
+            result.add(Validation(sentence_reconstruction(model, folder, first), "val/sentgen/BLEU-4"))
+    return result
+
+
+__all__ = ["Validation", "sentence_reconstruction", "task_metrics", "validate", "validation_loss"]

@@ -78,7 +78,7 @@ def import_chexzero(path: str | Path, out: str | Path, clip_vocab: str | Path | 
     stage 1). The GPT-2 tokenizer is optional: without it the bundle has no
     sentence tokenizer (it loads, but cannot describe regions).
     """
-    from chexcli.model.bundle import attach_gpt2_tokenizer, default_prompts, save_bundle
+    from chexcli.model.bundle import default_prompts, save_bundle
     from chexcli.model.chex import ChEX
 
     log = log or quiet
@@ -133,7 +133,7 @@ def import_chexzero(path: str | Path, out: str | Path, clip_vocab: str | Path | 
             raise ChexError(f"{src}: {key} has shape {tuple(mapped[key].shape)}, expected {tuple(tensor.shape)}")
     with torch.no_grad():
         model.load_state_dict({k: v.to(expected[k].dtype) for k, v in mapped.items()}, strict=False)
-    attach_gpt2_tokenizer(model, lm.tokenizer if lm else None)
+    model.gpt2_tokenizer = lm.tokenizer if lm else None
     provenance = {
         "kind": "chexzero-init",
         "source": str(src.resolve()),

@@ -140,7 +140,7 @@ def import_gpt2(source: str | Path, out: str | Path, like: str | Path | None = N
     `like`: a bundle whose other components and sizes the new bundle copies (e.g. the CheXzero bundle
     of the run); without it they are freshly initialised at the paper's sizes. Returns the folder.
     """
-    from chexcli.model.bundle import attach_gpt2_tokenizer, default_prompts, load_bundle, save_bundle
+    from chexcli.model.bundle import default_prompts, load_bundle, save_bundle
     from chexcli.model.chex import ChEX
 
     log = log or quiet
@@ -183,7 +183,7 @@ def import_gpt2(source: str | Path, out: str | Path, like: str | Path | None = N
                             f"{tuple(tensor.shape)}")
     with torch.no_grad():
         model.txt_decoder.language_model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    attach_gpt2_tokenizer(model, lm.tokenizer)
+    model.gpt2_tokenizer = lm.tokenizer
     provenance = {
         "kind": "hf-gpt2",
         "source": str(source) if not Path(str(source)).expanduser().exists() else str(folder.resolve()),

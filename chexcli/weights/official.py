@@ -74,7 +74,7 @@ def import_official(source: str | Path, out: str | Path, clip_vocab: str | Path 
     SHA-256 of SOURCE -- of the chosen .pth for a folder --, import date and the
     original config_dict).
     """
-    from chexcli.model.bundle import attach_gpt2_tokenizer, default_prompts, load_weights, save_bundle
+    from chexcli.model.bundle import default_prompts, load_weights, save_bundle
     from chexcli.model.chex import ChEX
 
     log = log or quiet
@@ -139,7 +139,7 @@ def import_official(source: str | Path, out: str | Path, clip_vocab: str | Path 
         with torch.device("meta"):
             model = ChEX(cfg, clip_tok, prompts=prompts)
         load_weights(model, state, source=what)
-        attach_gpt2_tokenizer(model, lm.tokenizer if lm else None)
+        model.gpt2_tokenizer = lm.tokenizer if lm else None
         provenance = {
             "kind": "official-chex",
             "source": str(src.source.resolve()),

@@ -49,7 +49,8 @@ def test_training_targets_match_the_tables(synthetic):
 
 
 def test_pretraining_lowers_the_loss_and_writes_a_stage_one_init(synthetic, tmp_path):
-    from chexcli.train.trainer import TrainOptions, train
+    from chexcli.train.options import TrainOptions
+    from chexcli.train.trainer import train
 
     torch.manual_seed(0)
     out = pretrain_bundle(synthetic, tmp_path / "pre" / "bundle", "tiny-cnn", updates=2, batch_size=4,

@@ -8,6 +8,7 @@ import torch
 
 from chexcli.errors import ChexError
 from chexcli.model.bundle import CONFIG_FILE, WEIGHTS_FILE, load_bundle, read_bundle_config, save_bundle
+from chexcli.model.presets import tiny as tiny_config
 
 
 @torch.inference_mode()
@@ -77,7 +78,7 @@ def test_mismatched_configuration(tiny_bundle, tmp_path):
 def test_released_and_tiny_configurations_validate():
     from chexcli.model.config import ChexConfig
 
-    for cfg in (ChexConfig(), ChexConfig.tiny(), ChexConfig(generator=None, n_post_decoder_layers=0)):
+    for cfg in (ChexConfig(), tiny_config(), ChexConfig(generator=None, n_post_decoder_layers=0)):
         assert ChexConfig.from_dict(cfg.to_dict()) == cfg
 
 
@@ -98,7 +99,7 @@ def test_released_and_tiny_configurations_validate():
 def test_impossible_configuration_names_the_key(key, value, message):
     from chexcli.model.config import ChexConfig
 
-    d = ChexConfig.tiny().to_dict()
+    d = tiny_config().to_dict()
     node = d
     *parents, last = key.split(".")
     for part in parents:

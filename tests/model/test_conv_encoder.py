@@ -7,8 +7,10 @@ from chexcli.errors import ChexError
 from chexcli.model.bundle import load_bundle, save_bundle
 from chexcli.model.config import ChexConfig
 from chexcli.model.conv_encoder import ConvTower, sincos_positions, stage_channels
+from chexcli.model.presets import tiny as tiny_config
 from chexcli.model.tiny import build_tiny_model
-from chexcli.train.model_setup import apply_freezing, preset_config
+from chexcli.model.presets import model_config
+from chexcli.train.freezing import apply_freezing
 
 
 def _cnn_config(base: ChexConfig, **vision) -> ChexConfig:
@@ -23,7 +25,7 @@ def cnn_model(tiny_model, tmp_path_factory):
 
 
 def test_stage_channels_follow_width_and_stride():
-    cfg = ChexConfig.tiny().vision
+    cfg = tiny_config().vision
     cfg.kind = "cnn"
     assert stage_channels(cfg) == [16, 32, 64, 64, 64]  # five stride-2 stages for patches of 32
     cfg.patch_size, cfg.image_size = 8, 64
@@ -98,8 +100,8 @@ def test_freezing_counts_stages_as_blocks(cnn_model, blocks, trained_stages):
 
 
 def test_preset_and_config_validation():
-    cfg = preset_config("tiny-cnn", clip_vocab=300, gpt2_vocab=300, eos=0)
-    assert cfg.vision.kind == "cnn" and preset_config("tiny", 300, 300, 0).vision.kind == "vit"
+    cfg = model_config("tiny-cnn", clip_vocab_size=300, gpt2_vocab_size=300, eos_token_id=0)
+    assert cfg.vision.kind == "cnn" and model_config("tiny", 300, 300, 0).vision.kind == "vit"
     d = cfg.to_dict()
     d["vision"]["kind"] = "resnet"
     with pytest.raises(ValueError, match="vision.kind must be one of vit, cnn"):
@@ -114,4 +116,4 @@ def test_preset_and_config_validation():
 
 def test_unknown_preset_names_tiny_cnn():
     with pytest.raises(ChexError, match="tiny-cnn"):
-        preset_config("huge", 300, 300, 0)
+        model_config("huge", 300, 300, 0)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from chexcli.train.trainer import TrainOptions, train
+from chexcli.train.options import TrainOptions
+from chexcli.train.trainer import train
 
 # a few updates of a tiny model: fast, but every loss term runs
 FAST = ["data.workers=0", "run.log_every=1", "run.val_batches=1", "optim.warmup_steps=1", "optim.lr=1e-3"]

@@ -7,15 +7,16 @@ import torch
 
 from chexcli.model.config import ChexConfig
 from chexcli.model.layers import DropPath, MultiheadAttention
+from chexcli.model.presets import tiny as tiny_config
 from chexcli.model.tiny import build_tiny_model
 from chexcli.train.encoding_cache import FrozenEncodingCache, image_digest, is_frozen
 from chexcli.train.generation import encode_targets
-from chexcli.train.model_setup import apply_freezing
+from chexcli.train.freezing import apply_freezing
 
 
 @pytest.fixture(scope="module")
 def cnn_model(tmp_path_factory):
-    d = ChexConfig.tiny().to_dict()
+    d = tiny_config().to_dict()
     d["vision"]["kind"] = "cnn"
     return build_tiny_model(seed=2, tokenizer_dir=tmp_path_factory.mktemp("tok"), config=ChexConfig.from_dict(d))
 

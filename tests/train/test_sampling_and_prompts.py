@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from chexcli.model.clip_tokenizer import ClipTokenizer
+from chexcli.model.presets import tiny as tiny_config
 from chexcli.train.generation import subsample_rows
 from chexcli.train.prompts import PromptBank
 
@@ -71,13 +72,15 @@ def test_clip_id_cache_returns_fresh_lists():
     assert tok([], context_length=8).shape == (0, 8)
 
 
-def test_skip_roi_pool_prob_comes_from_the_recipe():
+def test_dropout_and_skip_settings_come_from_the_recipe():
     from chexcli.model.chex import ChEX
-    from chexcli.model.config import ChexConfig
-    from chexcli.train.model_setup import set_regularisation
+    from chexcli.train.model_setup import regularised
 
-    model = ChEX(ChexConfig.tiny(clip_vocab_size=64, gpt2_vocab_size=64))
-    set_regularisation(model, {"model": {"skip_roi_pool_prob": 1.0}})
+    cfg = tiny_config(clip_vocab_size=64, gpt2_vocab_size=64)
+    model = ChEX(regularised(cfg, {"skip_roi_pool_prob": 1.0, "dropout_scale": 0.5}))
     assert model.detector.skip_roi_pool_prob == 1.0
-    set_regularisation(model, {"model": {}})
+    assert model.detector.skip_con_dropout.p == 0.3 * 0.5
+    assert model.txt_decoder.language_model.transformer.drop.p == 0.1 * 0.5
+    model = ChEX(regularised(cfg, {}))
     assert model.detector.skip_roi_pool_prob == 0.25  # the reference's
+    assert model.post_decoder.drop_prob == 0.1 and model.detector.skip_con_dropout.p == 0.3

@@ -127,6 +127,19 @@ def bundle(tmp_path_factory):
                            lm_tokenizer=CHECKPOINTS / "gpt2_tiny")
 
 
+def stage_model(source, stage: str, recipe: dict):
+    """A model of `stage` (the components it has) with the recipe's dropout and skip settings,
+    holding `source`'s weights and tokenizers."""
+    from chexcli.model.chex import ChEX
+    from chexcli.train.model_setup import regularised, stage_config
+
+    model = ChEX(regularised(stage_config(source.cfg, stage), recipe["model"]), source.txt_encoder.tokenizer,
+                 source.gpt2_tokenizer, prompts=source.prompts, provenance=source.provenance)
+    missing, _ = model.load_state_dict(source.state_dict(), strict=False)
+    assert not missing, missing[:3]
+    return model
+
+
 def load_batch(name: str) -> tuple[dict, dict]:
     batch = torch.load(FIXTURE / "batches" / f"{name}.pt", weights_only=True)
     meta = json.loads((FIXTURE / "batches" / f"{name}.json").read_text())
@@ -137,7 +150,7 @@ def load_batch(name: str) -> tuple[dict, dict]:
 def build_objective(bundle: Path, variant: str, weights: dict | None = None):
     """The model of the variant's stage (train mode, frozen as the stage freezes it) and its objective."""
     from chexcli.model.bundle import load_bundle
-    from chexcli.train.model_setup import apply_freezing, set_regularisation
+    from chexcli.train.freezing import apply_freezing
     from chexcli.train.objective import ChexObjective
     from chexcli.train.recipe import resolve_recipe
     from chexcli.train.supervisors import LossWeights, SupervisionOptions
@@ -145,16 +158,12 @@ def build_objective(bundle: Path, variant: str, weights: dict | None = None):
     spec = _manifest()["variants"][variant]
     stage = str(spec["stage"])
     cfg = yaml.safe_load((FIXTURE / variant / "model_config.yaml").read_text())
-    model = load_bundle(bundle)
-    if stage == "1":
-        model.post_decoder, model.txt_decoder = None, None
-    elif stage == "2":
-        model.txt_decoder = None
-    sets = reference_settings(cfg, model.cfg.vision.layers)
+    loaded = load_bundle(bundle)
+    sets = reference_settings(cfg, loaded.cfg.vision.layers)
     recipe = resolve_recipe(stage, sets=sets, profile="reference")
+    model = stage_model(loaded, stage, recipe)
     apply_freezing(model, recipe)
     model.train()
-    set_regularisation(model, recipe)
     batch, names = load_batch(spec["batch"])
     options = SupervisionOptions(**recipe["supervision"])
     loss_weights = LossWeights(**{**recipe["loss"], **(weights or {})})
@@ -306,7 +315,7 @@ def _sites(model) -> tuple[dict[str, float], dict[str, list[str]]]:
     """
     from torch import nn
 
-    from chexcli.model.gpt2 import _Attention
+    from chexcli.model.gpt2 import CausalSelfAttention
     from chexcli.model.layers import MLP, DropPath, MultiheadAttention
 
     active, mlps = {}, {}
@@ -315,26 +324,23 @@ def _sites(model) -> tuple[dict[str, float], dict[str, list[str]]]:
             active[path] = module.p
         elif isinstance(module, MultiheadAttention) and module.dropout > 0:
             active[path] = module.dropout
-        elif isinstance(module, _Attention) and module.dropout > 0:
+        elif isinstance(module, CausalSelfAttention) and module.dropout > 0:
             active[f"{path}.attn_dropout"] = module.dropout
         if isinstance(module, MLP):
             mlps[path] = [type(m).__name__ for m in module.layers]
     return active, mlps
 
 
-def _default_model(dims: str, stage: str, bundle: Path):
+def _default_model(dims: str, stage: str, bundle: Path, recipe: dict):
     from chexcli.model.bundle import load_bundle
     from chexcli.model.chex import ChEX
     from chexcli.model.config import ChexConfig
-    from chexcli.train.model_setup import _stage_config
+    from chexcli.train.model_setup import regularised, stage_config
 
     if dims == "tiny":
-        model = load_bundle(bundle)
-        if stage == "1":
-            model.post_decoder, model.txt_decoder = None, None
-        return model
+        return stage_model(load_bundle(bundle), stage, recipe)
     with torch.device("meta"):  # the paper's sizes, without allocating 1 B parameters
-        return ChEX(_stage_config(ChexConfig(), stage), None, prompts={})
+        return ChEX(regularised(stage_config(ChexConfig(), stage), recipe["model"]), None, prompts={})
 
 
 @needs_fixture
@@ -343,15 +349,14 @@ def _default_model(dims: str, stage: str, bundle: Path):
 def test_dropout_sites(bundle, dims, stage):
     """The default recipes drop out where the reference does, with its rates, and no MLP drops out
     after a layer where the reference's does not (the box and region-weight heads)."""
-    from chexcli.train.model_setup import apply_freezing, set_regularisation
+    from chexcli.train.freezing import apply_freezing
     from chexcli.train.recipe import resolve_recipe
 
     ref = json.loads((FIXTURE / "expected" / "dropout_sites.json").read_text())[dims][f"stage{stage}"]
     recipe = resolve_recipe(stage)
-    model = _default_model(dims, stage, bundle)
+    model = _default_model(dims, stage, bundle, recipe)
     apply_freezing(model, recipe)
     model.train()
-    set_regularisation(model, recipe)
     active, mlps = _sites(model)
     want = {s["path"]: s["p"] for s in ref["active"]}
     assert set(active) == set(want), (f"only in chexcli: {sorted(set(active) - set(want))}, "

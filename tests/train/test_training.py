@@ -110,7 +110,8 @@ def test_cached_frozen_encodings_train_what_encoding_every_update_trains(synth, 
 def test_each_stage_lowers_its_loss_on_a_fixed_batch(stage, chain, synth, tmp_path):
     from chexcli.data.dataset import collate
     from chexcli.train.data_setup import dataset_names, text_corpus, training_dataset
-    from chexcli.train.model_setup import apply_freezing, build_model, set_regularisation
+    from chexcli.train.freezing import apply_freezing
+    from chexcli.train.model_setup import build_model
     from chexcli.train.objective import ChexObjective, TxtgenObjective
     from chexcli.train.recipe import resolve_recipe
     from chexcli.train.supervisors import LossWeights, SupervisionOptions
@@ -120,10 +121,10 @@ def test_each_stage_lowers_its_loss_on_a_fixed_batch(stage, chain, synth, tmp_pa
     init = {"1": None, "txtgen": chain["1"], "2": chain["1"], "3": chain["2"]}[stage]
     gen = chain["txtgen"] / "bundle" if stage == "3" else None
     torch.manual_seed(0)
-    model = build_model(stage, init and init / "bundle", gen, "tiny", lambda: text_corpus(ds), tmp_path, print)
+    model = build_model(stage, init and init / "bundle", gen, "tiny", lambda: text_corpus(ds), tmp_path, print,
+                        recipe["model"])
     model.train()
     apply_freezing(model, recipe)
-    set_regularisation(model, recipe)
     if stage == "txtgen":
         objective = TxtgenObjective(model, dropout=0.0)
     else:
@@ -242,7 +243,7 @@ def test_trained_bundle_predicts_with_chex_predict(chain, synth, tmp_path, capsy
     (["--stage", "4", "--data", "{synth}"], "--stage '4'"),
     (["--stage", "1", "--data", "{synth}", "--set", "optim.lrr=1"], "unknown recipe key 'optim.lrr'"),
     (["--stage", "1", "--data", "{synth}", "--set", "optim.lr"], "expected key=value"),
-    (["--stage", "1", "--data", "{synth}", "--device", "cuda"], "no CUDA device"),
+    (["--stage", "1", "--data", "{synth}", "--device", "cuda"], "CUDA is not available"),
     (["--stage", "3", "--data", "{synth}", "--init", "{s1}", "--init-generator", "{tg}"], "is a 1 bundle"),
     (["--stage", "2", "--data", "{synth}"], "stage 2 needs --init"),
     (["--stage", "2", "--data", "{synth}", "--init", "{missing}"], "is not a bundle folder"),
