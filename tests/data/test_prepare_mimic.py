@@ -7,7 +7,7 @@ from PIL import Image
 
 import datasynth as ds
 from chexcli.data.images import cache, cache_loaders
-from chexcli.data.prepare import report_text, reports
+from chexcli.data.prepare import report_text
 from chexcli.data.processed.info import folder_info
 from chexcli.data.prepare.dispatch import prepare
 

@@ -184,7 +184,7 @@ def open_cache(out_dir: Path, side: int = 256) -> tuple[np.ndarray, dict[str, in
     """Open a finished cache read-only: (memmap (N, side, side) uint8, sample_id -> row)."""
     p = cache_paths(out_dir, side)
     if not p["array"].exists() or not p["index"].exists():
-        raise ChexError(f"no image cache images_{side}.npy in {out_dir}; run `chex data prepare` first")
+        raise ChexError(f"no image cache {p['array'].name} in {out_dir}; run `chex data prepare` first")
     arr = np.load(p["array"], mmap_mode="r")
     idx = pd.read_csv(p["index"], dtype={"sample_id": str})
     return arr, dict(zip(idx["sample_id"], idx["index"].astype(int)))

@@ -26,7 +26,6 @@ decode images themselves call :func:`check_image_size` (or
 :func:`check_pixel_count` when they already know the size) first.
 """
 
-
 from __future__ import annotations
 
 import os

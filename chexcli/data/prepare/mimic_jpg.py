@@ -9,7 +9,7 @@ import pandas as pd
 from chexcli.data.images.cache import build_cache
 from chexcli.data.prepare.raw_files import read_raw_csv, require_dir, require_file, source_digests
 from chexcli.data.processed.files import write_csv
-from chexcli.data.processed.layout import FRONTAL_TABLE
+from chexcli.data.processed.layout import FRONTAL_TABLE, image_cache_files
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT = "mimic-cxr-2.0.0-split.csv.gz"
@@ -71,6 +71,6 @@ def prepare_jpg(raw: Path, out: Path, side: int, workers: int, progress: bool) -
         "images": int(len(df)),
         "cached": int(res.done),
         "skipped": len(res.skipped),
-        "image_cache": f"images_{side}.npy",
+        "image_cache": image_cache_files(side)["array"],
         "side": side,
     }, res.skipped

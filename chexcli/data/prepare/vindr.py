@@ -20,7 +20,7 @@ from chexcli.data.prepare.raw_files import read_raw_csv, require_numeric, source
 from chexcli.data.prepare.result import PrepareResult, note_skipped_images
 from chexcli.data.prepare.vindr_boxes import box_cells
 from chexcli.data.prepare.vindr_images import load_vindr_cached
-from chexcli.data.processed.layout import VINDR
+from chexcli.data.processed.layout import VINDR, image_cache_files
 from chexcli.data.processed.manifest import require_kind, update_manifest
 from chexcli.data.processed.tables import write_dataset
 from chexcli.errors import ChexError
@@ -108,7 +108,7 @@ def prepare_vindr(raw: Path, out: Path, workers: int = 1, side: int = 256, progr
     note_skipped_images(result, res.skipped)
     entry = {"raw": str(root), "source_digests": source_digests(root, list(files.values())),
              "images": int(len(df)), "cached": res.done, "skipped": len(res.skipped),
-             "image_cache": f"images_{side}.npy", "side": side}
+             "image_cache": image_cache_files(side)["array"], "side": side}
     update_manifest(out, "vindr", "vindr-cxr", entry, datasets=result.datasets)
     return result
 

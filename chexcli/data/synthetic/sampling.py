@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from chexcli.data.synthetic.scene import ENLARGED_CTR, FINDING_KINDS, NORMAL_CTR, P_FINDINGS, SIGN, ZONES, Finding, Scene
+from chexcli.data.synthetic.scene import (ENLARGED_CTR, FINDING_KINDS, NORMAL_CTR, P_FINDINGS, SIGN, ZONES, Finding,
+                                          Scene)
 from chexcli.data.synthetic.shapes import lung_mask
 
 

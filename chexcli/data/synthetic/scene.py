@@ -91,8 +91,9 @@ class Scene:
     def heart(self) -> tuple[float, float, float, float]:
         """(centre u, centre v, major half axis, minor half axis) of the tilted heart ellipse.
 
-        Its horizontal half extent is ``ctr * (w_right + w_left) / 2``; its centre lies ``heart_shift`` half widths right of the midline (the right border at
-        least 3 pixels beyond the mediastinum) and its lower part hides under the diaphragm.
+        Its horizontal half extent is ``ctr * (w_right + w_left) / 2``; its centre lies
+        ``heart_shift`` half widths right of the midline (the right border at least 3 pixels
+        beyond the mediastinum) and its lower part hides under the diaphragm.
         """
         if self._memo.get("heart_ctr") == self.ctr:
             return self._memo["heart"]
