@@ -33,6 +33,7 @@ from urllib.parse import quote, unquote
 
 from PIL import Image
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -68,11 +69,50 @@ class ServeLimits:
 
 
 class Problem(Exception):
-    """An HTTP answer other than 200: status, one-line message, extra headers."""
+    """An HTTP answer other than 200: status, one-line message, extra headers; `unread_body`: the
+    request body was refused unread (the answer then drains it for a moment, see BodyRefusal)."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 unread_body: bool = False):
         super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+        self.status, self.message, self.headers, self.unread_body = status, message, headers or {}, unread_body
+
+
+class BodyRefusal(JSONResponse):
+    """The answer to a request whose body is refused unread (413).
+
+    The whole answer is sent first; then what the client still sends is dropped, at most
+    `DRAIN_BYTES` or `DRAIN_SECONDS`, before the response ends and uvicorn closes the connection.
+    Closing at once would reset a connection with unread data, and a client still sending
+    would see "connection reset" instead of the 413. A client that waits for `100 Continue`
+    (curl does for large uploads) sends nothing, so nothing is drained.
+    """
+
+    DRAIN_BYTES = 4 * 2**20
+    DRAIN_SECONDS = 2.0
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": True})
+        if Headers(scope=scope).get("expect", "").lower() != "100-continue":
+            await drain(receive, self.DRAIN_BYTES, self.DRAIN_SECONDS)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def drain(receive, max_bytes: int, seconds: float) -> None:
+    """Receive and drop request body messages until the body ends, `max_bytes` or `seconds`."""
+    dropped = 0
+    try:
+        async with asyncio.timeout(seconds):
+            while dropped <= max_bytes:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                dropped += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        pass
 
 
 class ClientGone(Exception):
@@ -109,14 +149,15 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     passes `limit`; 408 when it takes longer than `timeout` seconds."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise Problem(413, f"the upload is {int(length) / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB")
+        raise Problem(413, f"the upload is {int(length) / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB",
+                      unread_body=True)
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise Problem(413, f"the upload is over the limit of {limit / 2**20:.0f} MB")
+                    raise Problem(413, f"the upload is over the limit of {limit / 2**20:.0f} MB", unread_body=True)
                 chunks.append(chunk)
     except TimeoutError:
         raise Problem(408, f"the request body did not arrive within {timeout:.0f} s; try again") from None
@@ -293,6 +334,8 @@ def file_response(path: Path, media_type: str, headers: dict[str, str] | None = 
 
 
 async def on_problem(request: Request, exc: Problem) -> Response:
+    if exc.unread_body:
+        return BodyRefusal({"error": exc.message}, status_code=exc.status, headers=exc.headers)
     return json_error(exc.status, exc.message, exc.headers)
 
 
