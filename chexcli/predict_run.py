@@ -50,7 +50,9 @@ class BoxError(ChexError):
     """A box prompt that does not fit an image."""
 
 
-def _check_boxes(boxes, width: int, height: int):
+def check_boxes(boxes, width: int, height: int):
+    """Pixel boxes [x1, y1, x2, y2] checked against an image of width x height and its centre square
+    (BoxError, one line, otherwise); returns them as float tuples."""
     from chexcli.model.preprocess import crop_info, pixel_boxes_to_model, validate_pixel_box
 
     try:
@@ -66,8 +68,8 @@ def _check_boxes(boxes, width: int, height: int):
     return checked
 
 
-def _record(pred, rep, path: Path, gray: np.ndarray, box_format: str) -> dict:
-    """The JSON record of one image; `box_pixels` keys (for drawing) are removed by _strip_pixels."""
+def build_record(pred, rep, path: Path, gray: np.ndarray, box_format: str) -> dict:
+    """The JSON record of one image; `box_pixels` keys (for drawing) are removed by strip_pixels."""
     h, w = gray.shape
     if pred is not None:
         record = prediction_record(pred, box_format)
@@ -88,14 +90,16 @@ def _record(pred, rep, path: Path, gray: np.ndarray, box_format: str) -> dict:
     return record
 
 
-def _strip_pixels(record: dict) -> None:
+def strip_pixels(record: dict) -> None:
+    """Remove the `box_pixels` keys that build_record adds for drawing (in place)."""
     for q in record["queries"] + record.get("report_queries", []):
         q.pop("box_pixels", None)
         for r in q["regions"]:
             r.pop("box_pixels", None)
 
 
-def _annotate(path: Path, gray: np.ndarray, record: dict, target: Path) -> None:
+def annotate_image(path: Path, gray: np.ndarray, record: dict, target: Path) -> None:
+    """Draw the record's boxes and sentences on the image (H, W) in [0, 1] and save the PNG to `target`."""
     from chexcli.render import draw_predictions
 
     image = Image.fromarray(np.clip(gray * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
@@ -180,7 +184,7 @@ def _predict_into(run_dir: Path, predictor, paths: list[Path], prompts: list[str
                 try:
                     gray = read_image(path)
                     h, w = gray.shape
-                    image_boxes = _check_boxes(_to_user_boxes(boxes, box_format, w, h), w, h)
+                    image_boxes = check_boxes(_to_user_boxes(boxes, box_format, w, h), w, h)
                     batch.append((path, gray, image_boxes))
                 except ChexError as err:
                     box_errors += isinstance(err, BoxError)
@@ -195,14 +199,14 @@ def _predict_into(run_dir: Path, predictor, paths: list[Path], prompts: list[str
                      else [None] * len(batch))
             reports = predictor.report(grays, names) if report else [None] * len(batch)
             for (path, gray, _), pred, rep in zip(batch, preds, reports):
-                record = _record(pred, rep, path, gray, box_format)
+                record = build_record(pred, rep, path, gray, box_format)
                 if write_images:
                     target = run_dir / f"{path.stem}.png"
                     k = 2
                     while target.exists():
                         target, k = run_dir / f"{path.stem}_{k}.png", k + 1
-                    _annotate(path, gray, record, target)
-                _strip_pixels(record)
+                    annotate_image(path, gray, record, target)
+                strip_pixels(record)
                 line = json.dumps(record)
                 sink.write(line + "\n")
                 sink.flush()

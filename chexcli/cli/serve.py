@@ -20,6 +20,8 @@ Examples:
   chex serve --model bundles/chex --dtype int8 --port 8080
 
   CHEX_SERVE_AUTH=alice:s3cret chex serve --model bundles/chex --host 0.0.0.0
+
+  chex serve --model bundles/chex --allowed-host chex.example.org   # behind a TLS proxy
 """
 
 
@@ -39,6 +41,9 @@ def serve(
     auth: Optional[str] = typer.Option(None, "--auth", envvar="CHEX_SERVE_AUTH", show_envvar=True,
                                        help="user:password that the browser must give (prefer the environment "
                                             "variable: command lines are visible to other users)."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", metavar="NAME",
+                                           help="Another name the app may be reached by (a proxy's public "
+                                                "name); repeatable. Loopback names always work."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Cap sentence length."),
 ) -> None:
     """Open a local web page to ask ChEX about X-rays.
@@ -49,8 +54,12 @@ def serve(
 
     The model is loaded once; uploads stay in a temporary folder that is removed on exit.
     """
+    try:
+        from chexcli.serve.server import ChexServer, is_loopback, parse_auth
+    except ImportError as err:
+        raise ChexError(f"chex serve needs the serve extra ({err.name} is missing): "
+                        "pip install 'chexcli[serve]'") from None
     from chexcli.cli.predict import resolve_device
-    from chexcli.serve.server import is_loopback, make_server, parse_auth
     from chexcli.serve.session import ServeSession
 
     if dtype not in ("float32", "float16", "int8"):
@@ -62,22 +71,21 @@ def serve(
         typer.echo(f"warning: --host {host} makes the app reachable from other machines"
                    + ("" if credentials else "; anyone who can reach it can use it: add --auth user:password"),
                    err=True)
-    server = make_server(None, host, port, credentials)  # fail fast on a port in use, before loading
+    server = ChexServer(host, port, credentials, allowed_host)  # fail fast on a port in use, before loading
     session = None
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         dev = resolve_device(device)
         typer.echo(f"loading {model} ...", err=True)
         session = ServeSession.load(model, device=str(dev), dtype=dtype, max_new_tokens=max_new_tokens)
-        server.session = session
+        server.attach(session)
         typer.echo(f"chex serve: open {server.url} in a browser (Ctrl+C to stop)", err=True)
         sys.stderr.flush()
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+        server.run()  # uvicorn turns Ctrl+C / SIGTERM into a graceful stop, then raises the signal again
+    except KeyboardInterrupt:  # that signal, or Ctrl+C while the model loads
+        pass
     finally:
-        server.server_close()
+        server.close()
         if session is not None:
             session.close()
     typer.echo("stopped; uploads removed", err=True)

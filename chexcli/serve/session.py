@@ -11,9 +11,17 @@ that `close()` removes, the uploaded images and the answers:
     answer.png         # the annotated image, drawn as `chex predict` draws it
     session.close()
 
-Model calls run one at a time (a lock: concurrent requests queue), and the
-image encoding of the last few images is cached, so new questions about the
-same image skip the image encoder. Nothing here knows about HTTP.
+`ask` is `run_question(prepare_question(...))`: the web layer checks a question
+at once (`prepare_question`, cheap) and queues only the model call
+(`run_question`, see `model_queue.py`). Model calls also take a lock, so direct
+callers from several threads never run the model twice at once. The image
+encoding of the last few images is cached, so new questions about the same
+image skip the image encoder. Nothing here knows about HTTP.
+
+Memory is bounded: an upload is refused above `max_pixels` (read from the
+header, before decoding), and the kept images are capped by count
+(`KEEP_IMAGES`) and by the memory of their decoded pixels (`KEEP_IMAGE_BYTES`);
+the oldest are forgotten first.
 """
 
 from __future__ import annotations
@@ -46,6 +54,10 @@ MAX_PROMPT_CHARS = 300
 #: uploaded images and answers kept (older ones are forgotten and their files removed)
 KEEP_IMAGES = 8
 KEEP_ANSWERS = 32
+#: decoded pixels (float32) of the kept images together; the newest image is always kept
+KEEP_IMAGE_BYTES = 768 * 2**20
+#: largest accepted image (the largest chest X-rays are about 18.5 Mpx); the readers' own limit is 50 Mpx
+MAX_PIXELS = 30_000_000
 #: long side of the preview PNG shown on the page (boxes are always in original pixels)
 PREVIEW_SIZE = 1024
 _SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
@@ -112,6 +124,16 @@ class ImageEntry:
         side = min(self.width, self.height)
         return {"id": self.id, "name": self.name, "width": self.width, "height": self.height,
                 "crop": [(self.width - side) // 2, (self.height - side) // 2, side]}
+
+
+@dataclass
+class Question:
+    """A checked question about one image: cleaned prompts, pixel boxes inside the centre square."""
+
+    image: ImageEntry
+    prompts: list[str]
+    boxes: list[tuple[float, float, float, float]]
+    report: bool = False
 
 
 @dataclass
@@ -202,12 +224,14 @@ class ServeSession:
     """A loaded model plus the user's images and answers, kept in one temporary folder."""
 
     def __init__(self, predictor, model_name: str = "model", max_upload_bytes: int = MAX_UPLOAD_BYTES,
-                 max_pixels: int | None = None, workdir: str | Path | None = None):
-        """predictor: a `chexcli.predict.Predictor`; max_pixels: None = the image readers' default limit."""
+                 max_pixels: int = MAX_PIXELS, keep_image_bytes: int = KEEP_IMAGE_BYTES,
+                 workdir: str | Path | None = None):
+        """predictor: a `chexcli.predict.Predictor`."""
         self.predictor = predictor
         self.model_name = model_name
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
+        self.keep_image_bytes = keep_image_bytes
         self.encodings = EncodingCache().install(predictor.model)
         self.workdir = Path(tempfile.mkdtemp(prefix="chex-serve-", dir=workdir))
         self._images: OrderedDict[str, ImageEntry] = OrderedDict()
@@ -258,7 +282,7 @@ class ServeSession:
         from chexcli.data.images.readers import read_image
 
         try:
-            gray = read_image(path) if self.max_pixels is None else read_image(path, max_pixels=self.max_pixels)
+            gray = read_image(path, max_pixels=self.max_pixels)
         except ChexError as err:  # say which file, not where we stored it
             message = str(err).replace(str(path), name)
             raise ChexError(message if message.startswith(name) else f"{name}: {message}") from None
@@ -269,11 +293,16 @@ class ServeSession:
         entry = ImageEntry(image_id, name, path, gray, preview)
         with self._state_lock:
             self._images[image_id] = entry
-            while len(self._images) > KEEP_IMAGES:
+            while len(self._images) > 1 and (len(self._images) > KEEP_IMAGES
+                                             or self.kept_image_bytes() > self.keep_image_bytes):
                 _, old = self._images.popitem(last=False)
                 old.path.unlink(missing_ok=True)
                 old.preview.unlink(missing_ok=True)
         return entry
+
+    def kept_image_bytes(self) -> int:
+        """Memory of the decoded pixels of the kept images."""
+        return sum(entry.gray.nbytes for entry in self._images.values())
 
     def image(self, image_id: str) -> ImageEntry:
         with self._state_lock:
@@ -291,25 +320,37 @@ class ServeSession:
         The record is what `chex predict --json` prints (pixel boxes); `report`
         adds the full report as `chex predict --report` does.
         """
-        from chexcli.predict_run import _annotate, _check_boxes, _record, _strip_pixels
+        return self.run_question(self.prepare_question(image_id, prompts, boxes, report))
+
+    def prepare_question(self, image_id: str, prompts: Sequence[str] = (), boxes: Sequence[Any] = (),
+                         report: bool = False) -> Question:
+        """Check a question without running the model (one-line ChexError on bad input)."""
+        from chexcli.predict_run import check_boxes
 
         entry = self.image(image_id)
         prompts = clean_prompts(prompts)
-        boxes = _check_boxes(parse_boxes(boxes), entry.width, entry.height)
-        if not prompts and not boxes and not report:
+        checked = check_boxes(parse_boxes(boxes), entry.width, entry.height)
+        if not prompts and not checked and not report:
             raise ChexError("nothing to ask: type a prompt, mark a box on the image, or tick 'full report'")
+        return Question(entry, prompts, checked, report)
+
+    def run_question(self, question: Question) -> Answer:
+        """Run the model on a checked question and draw the answer."""
+        from chexcli.predict_run import annotate_image, build_record, strip_pixels
+
+        entry = question.image
         with self._model_lock:
-            pred = (self.predictor.predict([entry.gray], [entry.name], prompts, [boxes])[0]
-                    if prompts or boxes else None)
-            rep = self.predictor.report([entry.gray], [entry.name])[0] if report else None
-        record = _record(pred, rep, Path(entry.name), entry.gray, "pixel")
+            pred = (self.predictor.predict([entry.gray], [entry.name], question.prompts, [question.boxes])[0]
+                    if question.prompts or question.boxes else None)
+            rep = self.predictor.report([entry.gray], [entry.name])[0] if question.report else None
+        record = build_record(pred, rep, Path(entry.name), entry.gray, "pixel")
         answer_id = uuid.uuid4().hex[:12]
         folder = self.workdir / "answers"
         folder.mkdir(exist_ok=True)
         png = folder / f"{answer_id}.png"
-        _annotate(Path(entry.name), entry.gray, record, png)
+        annotate_image(Path(entry.name), entry.gray, record, png)
         rows = table_rows(record)
-        _strip_pixels(record)
+        strip_pixels(record)
         answer = Answer(answer_id, entry.id, record, rows, png, report=record.get("report"))
         with self._state_lock:
             self._answers[answer_id] = answer

@@ -8,6 +8,8 @@ Screenshots go to the test's temporary folder (`screens/`). CI installs Chromium
 
 import json
 import os
+import threading
+import time
 import shutil
 import signal
 import subprocess
@@ -24,6 +26,7 @@ try:
     from selenium import webdriver
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:
@@ -84,6 +87,9 @@ def test_upload_prompt_box_explain(browser, server, tmp_path):
     browser.get(url)
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#example-buttons button")))
     assert browser.find_element(By.ID, "explain").get_attribute("disabled") is not None  # nothing chosen yet
+    wait.until(lambda d: d.execute_script(  # example buttons show thumbnails
+        "return [...document.querySelectorAll('#example-buttons img')].every(i => i.complete && i.naturalWidth > 0)"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#example-buttons img")) == 2
     browser.save_screenshot(str(screens / "0_start.png"))
 
     browser.find_element(By.ID, "file").send_keys(str(upload))
@@ -101,8 +107,17 @@ def test_upload_prompt_box_explain(browser, server, tmp_path):
         ActionChains(browser).move_to_element_with_offset(canvas, dx, dy).click().perform()
     boxes = browser.find_elements(By.CSS_SELECTOR, "#box-list li")
     assert [li.text.split()[0] for li in boxes] == ["B1", "B2"]
-    boxes[1].find_element(By.TAG_NAME, "button").click()  # and remove it again
+    remove = boxes[1].find_element(By.TAG_NAME, "button")
+    assert remove.get_attribute("aria-label") == "Remove box B2"  # a named button, not just "remove"
+    remove.click()  # and remove it again
     assert len(browser.find_elements(By.CSS_SELECTOR, "#box-list li")) == 1
+    canvas.send_keys(Keys.ENTER)  # a box drawn with the keyboard: corner at the centre, 10 % right and down
+    canvas.send_keys(Keys.SHIFT, Keys.ARROW_RIGHT, Keys.ARROW_DOWN)
+    assert "First corner at 224, 256 px" in browser.find_element(By.ID, "cursor-position").text
+    canvas.send_keys(Keys.ENTER)
+    boxes = browser.find_elements(By.CSS_SELECTOR, "#box-list li")
+    assert boxes[1].text.startswith("B2") and "224, 256 – 269, 307 px" in boxes[1].text
+    boxes[1].find_element(By.TAG_NAME, "button").click()
     browser.save_screenshot(str(screens / "1_asked.png"))
 
     browser.find_element(By.ID, "explain").click()
@@ -144,3 +159,63 @@ def test_upload_prompt_box_explain(browser, server, tmp_path):
     assert proc.returncode == 0, err
     assert "stopped; uploads removed" in err and not list(tmp.glob("chex-serve-*"))
     print(f"screenshots in {screens}")
+
+
+@pytest.fixture
+def slow_server(tiny_bundle, monkeypatch):
+    """`chex serve` in this process, with a model that takes 2 s per call."""
+    from chexcli.serve.server import ChexServer
+    from chexcli.serve.session import ServeSession
+
+    session = ServeSession.load(tiny_bundle, max_new_tokens=2)
+    original = session.predictor.predict
+    monkeypatch.setattr(session.predictor, "predict", lambda *a, **k: (time.sleep(2), original(*a, **k))[1])
+    server = ChexServer("127.0.0.1", 0)
+    server.attach(session)
+    server.start_in_thread()
+    yield server.url, session
+    server.stop()
+    session.close()
+
+
+def test_queue_position_and_cancel(browser, slow_server):
+    """A question waits behind a slow one: the page shows its place in line, and Cancel drops it."""
+    url, session = slow_server
+    wait = WebDriverWait(browser, 30)
+    browser.get(url)
+    wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#example-buttons button"))).click()
+    wait.until(lambda d: "synthetic_normal.png" in d.find_element(By.ID, "image-caption").text)
+    image_id = browser.execute_script("return state.image.id")
+    blocker = json.dumps({"image": image_id, "prompts": ["heart"]}).encode()
+    blocking = threading.Thread(target=lambda: urllib.request.urlopen(urllib.request.Request(
+        url + "api/ask", blocker, {"Content-Type": "application/json"}), timeout=120).read())
+    blocking.start()  # the model is busy for 2 s
+    time.sleep(0.3)
+    calls = []
+    original = session.run_question
+    session.run_question = lambda question: (calls.append(question.prompts), original(question))[1]
+    browser.find_element(By.ID, "prompts").send_keys("left lung")
+    browser.find_element(By.ID, "explain").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text == "Waiting: 1 question ahead of yours.")
+    assert browser.find_element(By.ID, "status").get_attribute("role") == "status"
+    assert browser.find_element(By.ID, "elapsed").get_attribute("aria-hidden") == "true"  # seconds: not announced
+    browser.find_element(By.ID, "cancel").click()
+    wait.until(lambda d: d.find_element(By.ID, "ask-error").text == "Cancelled.")
+    assert browser.find_element(By.ID, "explain").is_enabled()
+    blocking.join()
+    time.sleep(0.5)
+    assert calls == []  # the cancelled question never reached the model
+
+
+def test_phone_layout_and_visible_focus(browser, server):
+    proc, url, tmp = server
+    browser.set_window_size(320, 640)
+    browser.get(url)
+    WebDriverWait(browser, 30).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#example-buttons button")))
+    width = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1]  # nothing wider than the screen: no sideways scrolling
+    assert browser.execute_script("return document.documentElement.scrollHeight") > width[1]  # it scrolls down
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)  # the first stop is the (hidden) file input
+    assert browser.switch_to.active_element.get_attribute("id") == "file"
+    outline = browser.execute_script("return getComputedStyle(document.getElementById('drop')).outlineStyle")
+    assert outline not in ("", "none")  # its label shows the focus

@@ -1,4 +1,7 @@
-"""`chex serve` over HTTP without a browser: routes, limits, checks, queueing, and the command's start-up errors."""
+"""`chex serve` over HTTP without a browser: routes, checks, queueing, and the command's start-up errors.
+
+The connection-level probes (slow senders, many connections, oversized and smuggled bodies)
+are in test_probes.py."""
 
 import base64
 import json
@@ -17,7 +20,7 @@ import pytest
 
 from chexcli.errors import ChexError
 from chexcli.serve.examples import example_path
-from chexcli.serve.server import make_server
+from chexcli.serve.server import ChexServer
 from chexcli.serve.session import ServeSession
 
 from .conftest import free_port
@@ -45,18 +48,17 @@ def session(tiny_bundle):
     s.close()
 
 
-def start(session, auth=None):
-    server = make_server(session, "127.0.0.1", 0, auth)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+def start(session, auth=None, **kwargs):
+    server = ChexServer("127.0.0.1", 0, auth, **kwargs)
+    server.attach(session)
+    return server.start_in_thread()
 
 
 @pytest.fixture(scope="module")
 def base(session):
     server = start(session)
     yield server.url
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
 def upload(base, data, name):
@@ -123,23 +125,47 @@ def test_requests_for_other_hosts_and_cross_origin_posts_are_refused(base):
     port = base.rsplit(":", 1)[1].strip("/")
     assert request(base + "api/info", headers={"Host": f"localhost:{port}"})[0] == 200
     status, _, body = request(base + "api/info", headers={"Host": f"evil.example:{port}"})
-    assert status == 403 and "localhost" in json.loads(body)["error"]
+    assert status == 403 and "--allowed-host" in json.loads(body)["error"]
     status, _, _ = request(base + "api/example?name=normal", b"", {"Origin": "http://evil.example"}, "POST")
     assert status == 403
+    status, _, _ = request(base + "api/info", headers={"Origin": "null"})  # a sandboxed frame or a file:// page
+    assert status == 403
+    status, _, _ = request(base + "api/example?name=normal", b"", {"Origin": f"http://localhost:{port}"}, "POST")
+    assert status == 200
+
+
+def test_other_loopback_addresses_and_proxy_names(session):
+    server = ChexServer("127.0.0.2", 0, allowed_hosts=["chex.example.org"])
+    server.attach(session)
+    server.start_in_thread()
+    try:
+        url = f"http://127.0.0.2:{server.port}/"
+        assert request(url + "api/info")[0] == 200  # the address it listens on is one of its names
+        proxied = {"Host": "chex.example.org", "Origin": "https://chex.example.org"}  # behind a TLS proxy
+        assert request(url + "api/example?name=normal", b"", proxied, "POST")[0] == 200
+        assert request(url + "api/info", headers={"Host": "other.example.org"})[0] == 403
+    finally:
+        server.stop()
 
 
 def test_basic_auth(session):
-    server = start(session, auth=("alice", "s3cret"))
+    from chexcli.serve.app import ServeLimits
+
+    server = start(session, auth=("alice", "s3cret"), limits=ServeLimits(auth_failure_delay=0.5))
     try:
         status, headers, _ = request(server.url)
         assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
         wrong = base64.b64encode(b"alice:guess").decode()
+        started = time.monotonic()
         assert request(server.url, headers={"Authorization": f"Basic {wrong}"})[0] == 401
+        assert time.monotonic() - started >= 0.5  # a wrong guess waits before its answer
+        for garbage in ("Basic", "Basic !!!", "Bearer abc", f"Digest {wrong}"):
+            assert request(server.url, headers={"Authorization": garbage})[0] == 401
         right = base64.b64encode(b"alice:s3cret").decode()
-        assert request(server.url + "api/info", headers={"Authorization": f"Basic {right}"})[0] == 200
+        for scheme in ("Basic", "basic", "BASIC"):  # the scheme name is case-insensitive (RFC 7617)
+            assert request(server.url + "api/info", headers={"Authorization": f"{scheme} {right}"})[0] == 200
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def test_two_tabs_never_run_the_model_at_once(base, session, monkeypatch):
@@ -173,7 +199,7 @@ def test_port_in_use_is_a_one_line_error():
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(ChexError, match=f"port {port} on 127.0.0.1 is already in use; choose another with --port"):
-            make_server(None, "127.0.0.1", port)
+            ChexServer("127.0.0.1", port)
 
 
 def chex_serve(*args, **kwargs):
@@ -220,3 +246,15 @@ def test_command_warns_for_other_hosts_and_stops_cleanly(tiny_bundle, tmp_path):
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and err.endswith("stopped; uploads removed\n")
     assert not list(tmp_path.glob("chex-serve-*"))
+
+
+def test_the_listening_socket_is_tcp_so_that_nagle_is_off():
+    # asyncio disables Nagle's algorithm only on sockets whose protocol is IPPROTO_TCP; without it every
+    # response on a reused keep-alive connection waited ~40 ms for the client's delayed ACK
+    from chexcli.serve.server import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -124,6 +124,8 @@ def test_uploads_stay_in_the_temporary_folder(session, image_png):
     (b"", "empty.png", "empty.png: the file is empty"),
     (b"not an image at all", "notes.png", "notes.png: not a recognised image file"),
     (forged_png(200_000, 200_000), "bomb.png", "bomb.png: "),
+    (b"II*\x00" + bytes(60), "scan.png", "scan.png: TIFF images are not supported (supported: PNG, JPEG, DICOM)"),
+    (b"GIF89a" + bytes(60), "anim.gif", "anim.gif: GIF images are not supported"),
 ])
 def test_bad_uploads_are_one_line_messages(session, image_png, data, name, message):
     session.add_upload(image_png, "good.png")
@@ -179,3 +181,18 @@ def test_old_images_are_forgotten_and_close_removes_everything(tiny_bundle):
     assert len(list((s.workdir / "uploads").glob("*-preview.png"))) == KEEP_IMAGES
     s.close()
     assert not s.workdir.exists()
+
+
+def test_kept_images_are_capped_by_memory(tiny_bundle):
+    s = ServeSession.load(tiny_bundle, keep_image_bytes=3 * 100 * 100 * 4)  # three 100 x 100 float32 images
+    try:
+        entries = [s.add_upload(png_bytes(np.full((100, 100), k, np.uint8)), f"{k}.png") for k in range(5)]
+        assert s.kept_image_bytes() <= 3 * 100 * 100 * 4
+        for old in entries[:2]:
+            with pytest.raises(ChexError, match="upload it again"):
+                s.image(old.id)
+        assert [s.image(e.id).name for e in entries[2:]] == ["2.png", "3.png", "4.png"]
+        big = s.add_upload(png_bytes(np.zeros((200, 200), np.uint8)), "big.png")  # alone over the cap: still kept
+        assert s.image(big.id) is big and s.kept_image_bytes() == 200 * 200 * 4
+    finally:
+        s.close()

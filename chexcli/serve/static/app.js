@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, boxes: [], corner: null, drag: null, maxUpload: 0, busy: false };
+const state = { image: null, boxes: [], corner: null, drag: null, cursor: null, maxUpload: 0, busy: false,
+                job: null };
 
 function show(id, visible) { $(id).hidden = !visible; }
 function setError(id, message) { $(id).textContent = message || ""; show(id, Boolean(message)); }
@@ -35,7 +36,12 @@ async function loadInfo() {
       const button = document.createElement("button");
       button.type = "button";
       button.className = "example";
-      button.textContent = ex.label;
+      const thumb = document.createElement("img");
+      thumb.src = ex.thumbnail;
+      thumb.alt = "";  // the label names the example
+      const label = document.createElement("span");
+      label.textContent = ex.label;
+      button.append(thumb, label);
       button.title = ex.title;
       button.dataset.example = ex.name;
       button.addEventListener("click", () => openImage(`/api/example?name=${encodeURIComponent(ex.name)}`, null));
@@ -67,6 +73,7 @@ async function openImage(url, file) {
     state.image = data.image;
     state.boxes = [];
     state.corner = null;
+    state.cursor = null;
     const img = $("preview");
     img.onload = () => { sizeCanvas(); draw(); };
     img.src = `/api/image/${data.image.id}.png`;
@@ -150,6 +157,23 @@ function draw() {
     ctx.moveTo(x, y - 10 * line); ctx.lineTo(x, y + 10 * line);
     ctx.stroke();
   }
+  if (state.cursor && document.activeElement === canvas) {  // the keyboard cursor
+    const [x, y] = [state.cursor[0] * sx, state.cursor[1] * sy];
+    if (state.corner) {  // the box it would make
+      const [fx, fy] = [state.corner[0] * sx, state.corner[1] * sy];
+      ctx.setLineDash([6, 4]);
+      ctx.strokeStyle = "#ff3ea5";
+      ctx.strokeRect(Math.min(x, fx), Math.min(y, fy), Math.abs(x - fx), Math.abs(y - fy));
+      ctx.setLineDash([]);
+    }
+    ctx.strokeStyle = "#ffd400";
+    ctx.lineWidth = line;
+    ctx.beginPath();
+    ctx.arc(x, y, 6 * line, 0, 2 * Math.PI);
+    ctx.moveTo(x - 10 * line, y); ctx.lineTo(x + 10 * line, y);
+    ctx.moveTo(x, y - 10 * line); ctx.lineTo(x, y + 10 * line);
+    ctx.stroke();
+  }
 }
 
 function renderBoxes() {
@@ -171,6 +195,7 @@ function renderBoxes() {
     const remove = document.createElement("button");
     remove.type = "button";
     remove.textContent = "remove";
+    remove.setAttribute("aria-label", `Remove box B${i + 1}`);
     remove.addEventListener("click", () => { state.boxes.splice(i, 1); renderBoxes(); });
     li.append(tag, text, remove);
     list.appendChild(li);
@@ -218,7 +243,51 @@ function bindCanvas() {
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && state.corner) { state.corner = null; renderBoxes(); }
   });
+  canvas.addEventListener("keydown", keyboardBox);
+  canvas.addEventListener("focus", () => {
+    if (state.image && !state.cursor) state.cursor = [state.image.width / 2, state.image.height / 2];
+    announceCursor();
+    draw();
+  });
+  canvas.addEventListener("blur", draw);
   window.addEventListener("resize", () => { if (state.image) { sizeCanvas(); draw(); } });
+}
+
+const ARROWS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+
+function keyboardBox(event) {
+  // Arrow keys move a cursor over the image (1 % of its size a step, 10 % with Shift); Enter or Space
+  // marks a corner, the second corner adds the box; Escape (handled above) forgets a first corner.
+  if (!state.image) return;
+  const step = ARROWS[event.key];
+  if (step) {
+    event.preventDefault();
+    const scale = (event.shiftKey ? 0.1 : 0.01);
+    const [w, h] = [state.image.width, state.image.height];
+    const [x, y] = state.cursor || [w / 2, h / 2];
+    state.cursor = [Math.min(Math.max(x + step[0] * scale * w, 0), w), Math.min(Math.max(y + step[1] * scale * h, 0), h)];
+    announceCursor();
+    draw();
+  } else if ((event.key === "Enter" || event.key === " ") && state.cursor) {
+    event.preventDefault();
+    if (state.corner) {
+      const first = state.corner;
+      state.corner = null;
+      addBox(first, state.cursor);
+    } else {
+      state.corner = state.cursor;
+    }
+    renderBoxes();
+    announceCursor();
+  }
+}
+
+function announceCursor() {
+  if (!state.cursor) { $("cursor-position").textContent = ""; return; }
+  const [x, y] = state.cursor.map(Math.round);
+  let text = `Cursor at ${x}, ${y} px.`;
+  if (state.corner) text += ` First corner at ${state.corner.map(Math.round).join(", ")} px: Enter marks the opposite corner.`;
+  $("cursor-position").textContent = text;
 }
 
 // ------------------------------------------------------------------ step 2 and 3: ask, show
@@ -237,32 +306,76 @@ function updateButton() {
   $("ask-hint").textContent = hint;
 }
 
+function newTicket() {
+  // identifies this question in the queue; random, so other tabs cannot guess it
+  const bytes = new Uint8Array(12);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function setStatus(text) {
+  // the live region changes only when the state changes (not with the seconds counter)
+  if ($("status").textContent !== text) $("status").textContent = text;
+}
+
+async function followQueue(job) {
+  // ask the server where the question stands until it is answered
+  while (state.job === job) {
+    try {
+      const where = await call(`/api/queue?ticket=${job.ticket}`);
+      if (state.job !== job) return;
+      if (where.position === 0) setStatus("The model is working on your question…");
+      else if (where.position > 0) setStatus(`Waiting: ${where.position} ${where.position === 1 ? "question" : "questions"} ahead of yours.`);
+    } catch (err) { /* the answer itself will report a lost server */ }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
 async function explain() {
   if ($("explain").disabled) return;
   setError("ask-error", "");
   state.busy = true;
   updateButton();
-  const started = Date.now();
-  $("status").textContent = "Working… (the model answers one request at a time)";
-  show("status", true);
-  const timer = setInterval(() => {
-    $("status").textContent = `Working… ${Math.round((Date.now() - started) / 1000)} s (the model answers one request at a time)`;
-  }, 1000);
+  const job = { ticket: newTicket(), controller: new AbortController(), started: Date.now() };
+  state.job = job;
+  setStatus("Sending your question…");
+  show("waiting", true);
+  const tick = () => { $("elapsed").textContent = `${Math.round((Date.now() - job.started) / 1000)} s`; };
+  tick();
+  const timer = setInterval(tick, 1000);
+  followQueue(job);
   try {
     const answer = await call("/api/ask", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ image: state.image.id, prompts: prompts(), boxes: state.boxes, report: $("report").checked }),
+      body: JSON.stringify({ image: state.image.id, prompts: prompts(), boxes: state.boxes,
+                             report: $("report").checked, ticket: job.ticket }),
+      signal: job.controller.signal,
     });
-    renderAnswer(answer);
+    if (state.job === job) renderAnswer(answer);
   } catch (err) {
-    setError("ask-error", err.message);
+    if (!job.controller.signal.aborted) setError("ask-error", err.message);
   } finally {
     clearInterval(timer);
-    show("status", false);
-    state.busy = false;
-    updateButton();
+    if (state.job === job) {
+      state.job = null;
+      show("waiting", false);
+      state.busy = false;
+      updateButton();
+    }
   }
+}
+
+async function cancel() {
+  const job = state.job;
+  if (!job) return;
+  state.job = null;
+  job.controller.abort();  // the server drops a question whose client has gone
+  show("waiting", false);
+  state.busy = false;
+  updateButton();
+  setError("ask-error", "Cancelled.");
+  try { await call(`/api/cancel?ticket=${job.ticket}`, { method: "POST" }); } catch (err) { /* gone already */ }
 }
 
 function renderAnswer(answer) {
@@ -329,4 +442,5 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("report").addEventListener("change", updateButton);
   $("explain").addEventListener("click", explain);
+  $("cancel").addEventListener("click", cancel);
 });
