@@ -59,7 +59,7 @@ def serve(
     except ImportError as err:
         raise ChexError(f"chex serve needs the serve extra ({err.name} is missing): "
                         "pip install 'chexcli[serve]'") from None
-    from chexcli.cli.predict import resolve_device
+    from chexcli.devices import resolve_device
     from chexcli.serve.session import ServeSession
 
     if dtype not in ("float32", "float16", "int8"):
