@@ -120,6 +120,15 @@ def with_file(tmp: Path, name: str) -> Path:
     return tmp / name
 
 
+def tiff_file(tmp: Path, name: str) -> Path:
+    """A real TIFF image (a format Pillow reads, outside chexcli's allow-list)."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp / name, format="TIFF")
+    return tmp / name
+
+
 def incomplete_processed(tmp: Path) -> Path:
     (tmp / "proc").mkdir()
     (tmp / "proc/manifest.json").write_text(json.dumps({"schema_version": 1, "parts": {"images": {"complete": False}}}))
@@ -229,6 +238,8 @@ CASES = [
          "a.png: file not found (and 1 more)"),
     Case("single-corrupt-file", predict("--prompt", "x", image=lambda t: with_file(t, "bad.png")), 2,
          "bad.png: not a recognised image file"),
+    Case("tiff-outside-the-allow-list", predict("--prompt", "x", image=lambda t: tiff_file(t, "scan.tif")), 2,
+         "scan.tif: TIFF images are not supported (supported: PNG, JPEG, DICOM); convert it to PNG first"),
     Case("every-image-unreadable", lambda t, b: ["predict", with_file(t, "x.png"), with_file(t, "y.jpg"), "--model", b,
                                                  "--prompt", "x"], 2, "none of the 2 images could be used",
          one_line=False),

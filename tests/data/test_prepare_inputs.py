@@ -92,3 +92,16 @@ def test_read_raw_csv_keeps_whole_numbers_and_allows_empty_cells(tmp_path):
         read_raw_csv(path, ["x"], numeric=["x"])
     with pytest.raises(ChexError, match=r"lacks the column\(s\) 'z'"):
         read_raw_csv(path, ["id", "z"])
+
+
+def test_prepare_refuses_formats_outside_the_allow_list_by_name(tmp_path):
+    from PIL import Image
+
+    raw = ds.make_nih(tmp_path / "raw", size=48)
+    tiff = next(raw.glob("images_00*/images/00000007_000.png"))
+    Image.open(tiff).save(tiff, format="TIFF")  # a TIFF under a .png name: the content decides
+    res = prepare("nih", raw, tmp_path / "out", progress=False)
+    assert res.skipped == 1
+    verified = pd.read_csv(tmp_path / "out" / NIH_VERIFIED, keep_default_na=False)
+    reason = verified.set_index(verified.columns[0]).loc["00000007_000.png", "reason"]
+    assert "TIFF images are not supported (supported: PNG, JPEG, DICOM)" in reason
