@@ -238,6 +238,10 @@ def test_command_warns_for_other_hosts_and_stops_cleanly(tiny_bundle, tmp_path):
         token = base64.b64encode(b"bob:pw").decode()
         assert request(f"http://127.0.0.1:{port}/api/info", headers={"Authorization": f"Basic {token}"})[0] == 200
         assert request(f"http://127.0.0.1:{port}/api/info")[0] == 401
+        evil = {"Authorization": f"Basic {token}", "Host": f"rebound.example:{port}"}
+        assert request(f"http://127.0.0.1:{port}/api/info", headers=evil)[0] == 403  # names are checked on 0.0.0.0 too
+        own = {"Authorization": f"Basic {token}", "Host": f"{socket.gethostname()}:{port}"}
+        assert request(f"http://127.0.0.1:{port}/api/info", headers=own)[0] == 200  # the machine's own name
         status, _, body = request(f"http://127.0.0.1:{port}/api/example?name=normal", b"",
                                   {"Authorization": f"Basic {token}"}, "POST")
         assert status == 200 and len(list(tmp_path.glob("chex-serve-*/uploads/*"))) == 2
