@@ -1,10 +1,14 @@
-"""Loss terms of ChEX training (TRAINING.md §7), as plain functions with shape docstrings.
+"""Loss terms of ChEX training (docs/training.md#losses), as plain functions with shape docstrings.
 
 Boxes are center format (x_c, y_c, w, h) in [0, 1]. "L1" is the sum of
 absolute differences over the four coordinates; GIoU is computed on corners.
+The box and matching coefficients are passed in (`BoxCoefficients`), as DETR's
+matcher and criterion take theirs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,43 +17,51 @@ from torch import Tensor
 from chexcli.boxes import generalized_box_iou
 from chexcli.train.matcher import batched_balanced_match
 
-L1_COEFF, GIOU_COEFF = 5.0, 2.0  # box regression: 5 L1 + 2 (1 - GIoU), in losses and matching costs
-WEIGHTS_COEFF = 3.0  # pathology detection: box_loss + 3 x weights_loss; 3 x (1 - weight) in matching costs
-CLS_COST_COEFF = 1.0  # pathology matching cost: 1 x (1 - class probability)
+@dataclass(frozen=True)
+class BoxCoefficients:
+    """Coefficients of box regression and matching (the reference's; docs/training.md#box-losses)."""
+
+    l1: float = 5.0  # box loss and matching cost: l1 x L1 + giou x (1 - GIoU)
+    giou: float = 2.0
+    weights: float = 3.0  # weights x (1 - region weight) in matching costs; pathology: box + weights x weights loss
+    cls_cost: float = 1.0  # pathology matching cost: cls_cost x (1 - class probability)
 
 
 # ------------------------------------------------------------------------------------------ boxes
-def box_pair_loss(pred: Tensor, target: Tensor, l1_coeff: float = L1_COEFF, giou_coeff: float = GIOU_COEFF) -> Tensor:
-    """Elementwise 5 * L1 + 2 * (1 - GIoU) of broadcastable boxes (..., 4) -> (...)."""
+def box_pair_loss(pred: Tensor, target: Tensor, coeffs: BoxCoefficients = BoxCoefficients()) -> Tensor:
+    """Elementwise l1 x L1 + giou x (1 - GIoU) of broadcastable boxes (..., 4) -> (...)."""
     l1 = (pred - target).abs().sum(dim=-1)
-    return l1_coeff * l1 + giou_coeff * (1.0 - generalized_box_iou(pred, target))
+    return coeffs.l1 * l1 + coeffs.giou * (1.0 - generalized_box_iou(pred, target))
 
 
-def box_cost(pred: Tensor, target: Tensor, l1_coeff: float = L1_COEFF, giou_coeff: float = GIOU_COEFF) -> Tensor:
+def box_cost(pred: Tensor, target: Tensor, coeffs: BoxCoefficients = BoxCoefficients()) -> Tensor:
     """Pairwise cost: pred (..., R, 4), target (..., T, 4) -> (..., R, T)."""
-    return box_pair_loss(pred[..., :, None, :], target[..., None, :, :], l1_coeff, giou_coeff)
+    return box_pair_loss(pred[..., :, None, :], target[..., None, :, :], coeffs)
 
 
-def single_box_loss(pred: Tensor, target: Tensor, present: Tensor) -> tuple[Tensor, int]:
-    """Single-box anatomies (TRAINING.md §7.2.3): every one of the R boxes regresses to the target.
+def single_box_loss(pred: Tensor, target: Tensor, present: Tensor,
+                    coeffs: BoxCoefficients = BoxCoefficients()) -> tuple[Tensor, int]:
+    """Single-box anatomies (docs/training.md#anatomy-detection): every one of the R boxes regresses to the target.
 
     pred (N, A, R, 4), target (N, A, 4), present (N, A) bool -> (sum over present boxes, R * #present).
     """
-    per = box_pair_loss(pred, target[:, :, None, :])  # (N, A, R)
+    per = box_pair_loss(pred, target[:, :, None, :], coeffs)  # (N, A, R)
     mask = present.bool()
     return (per * mask[..., None]).sum(), int(mask.sum()) * pred.shape[2]
 
 
-def multi_box_loss(pred: Tensor, weights: Tensor, target: Tensor, target_mask: Tensor) -> tuple[Tensor, int]:
-    """Multi-box anatomies (§7.2.3): balanced matching with cost 5 L1 + 2 (1 - GIoU) + 3 (1 - w).
+def multi_box_loss(pred: Tensor, weights: Tensor, target: Tensor, target_mask: Tensor,
+                   coeffs: BoxCoefficients = BoxCoefficients()) -> tuple[Tensor, int]:
+    """Multi-box anatomies (docs/training.md#anatomy-detection): balanced matching with cost
+    l1 x L1 + giou x (1 - GIoU) + weights x (1 - w) (5, 2, 3).
 
     pred (N, G, R, 4), weights (N, G, R), target (N, G, K, 4), target_mask (N, G, K)
     -> (sum over (n, g) with a target of the mean pair loss over assigned pairs, #(n, g) with a target).
     """
     n, g, r, _ = pred.shape
     k = target.shape[2]
-    pair = box_cost(pred, target)  # (N, G, R, K)
-    cost = pair + WEIGHTS_COEFF * (1.0 - weights)[..., None]
+    pair = box_cost(pred, target, coeffs)  # (N, G, R, K)
+    cost = pair + coeffs.weights * (1.0 - weights)[..., None]
     _, assign = batched_balanced_match(cost.reshape(n * g, r, k), target_mask.reshape(n * g, k))
     assign = assign.view(n, g, r, k).to(pair.dtype)
     has = target_mask.bool().any(dim=-1)  # (N, G)
@@ -74,14 +86,15 @@ def binary_focal_loss(prob: Tensor, target: Tensor, alpha: float | Tensor, gamma
 
 
 def pathology_detection_loss(pred_boxes: Tensor, weights: Tensor, cls_prob: Tensor, target: Tensor,
-                             target_mask: Tensor, class_mask: Tensor,
-                             cheapest_matched: bool = False) -> dict[str, Tensor]:
-    """Pathology detection (§7.3.2): matched box loss + 3 x auto-weighted focal loss on region weights.
+                             target_mask: Tensor, class_mask: Tensor, cheapest_matched: bool = False,
+                             coeffs: BoxCoefficients = BoxCoefficients()) -> dict[str, Tensor]:
+    """Pathology detection (docs/training.md#pathology-detection): matched box loss + weights x
+    auto-weighted focal loss on region weights.
 
     pred_boxes (N, C, R, 4), weights (N, C, R) region weights in [0, 1], cls_prob (N, C, R)
     probability of the positive prompt, target (N, C, M, 4), target_mask (N, C, M) valid
     targets, class_mask (N, C) flagged classes. Returns scalars box_loss, weights_loss and
-    total = box_loss + 3 * weights_loss.
+    total = box_loss + weights x weights_loss.
 
     The focal alpha = (n_neg + 1) / (n_all + 2) counts the whole N x C x R block of
     `matched` (n_all = N * C * R, unflagged classes included), as the reference does; with
@@ -91,8 +104,8 @@ def pathology_detection_loss(pred_boxes: Tensor, weights: Tensor, cls_prob: Tens
     n, c, r, _ = pred_boxes.shape
     m = target.shape[2]
     cmask = class_mask.bool()
-    pair = box_cost(pred_boxes, target)  # (N, C, R, M)
-    cost = pair + CLS_COST_COEFF * (1.0 - cls_prob)[..., None] + WEIGHTS_COEFF * (1.0 - weights)[..., None]
+    pair = box_cost(pred_boxes, target, coeffs)  # (N, C, R, M)
+    cost = pair + coeffs.cls_cost * (1.0 - cls_prob)[..., None] + coeffs.weights * (1.0 - weights)[..., None]
     matched, assign = batched_balanced_match(cost.reshape(n * c, r, m), target_mask.reshape(n * c, m),
                                              cheapest_matched)
     matched = matched.view(n, c, r)
@@ -107,7 +120,7 @@ def pathology_detection_loss(pred_boxes: Tensor, weights: Tensor, cls_prob: Tens
     alpha = (n_all - n_pos + 1) / (n_all + 2)  # = w_pos / (w_pos + w_neg)
     focal = binary_focal_loss(weights, matched, alpha).mean(dim=-1)  # (N, C)
     weights_loss = ((focal * cmask).sum(dim=1) / denom).mean()
-    return {"box_loss": box_loss, "weights_loss": weights_loss, "total": box_loss + WEIGHTS_COEFF * weights_loss}
+    return {"box_loss": box_loss, "weights_loss": weights_loss, "total": box_loss + coeffs.weights * weights_loss}
 
 
 # ------------------------------------------------------------------------------------------ contrastive

@@ -1,9 +1,10 @@
-"""The training forward of each run: batch -> (total loss, sub-losses).
+"""The training forward of each run: batch -> (total loss, sub-losses as detached scalar tensors).
 
 `ChexObjective` (stages 1, 2, 3): encode the image once, then the sentence,
-anatomy and pathology supervisors in that order (TRAINING.md §7).
+anatomy and pathology supervisors in that order (docs/training.md#supervisors).
 `TxtgenObjective`: the sentence generator learns to reconstruct report
-sentences from their frozen text embeddings (TRAINING.md §8).
+sentences from their frozen text embeddings (docs/training.md#txtgen).
+The sub-losses stay on the device; they become floats where they are logged.
 """
 
 from __future__ import annotations
@@ -16,22 +17,27 @@ from chexcli.data.names import multibox_mapping
 from chexcli.train.encoding_cache import FrozenEncodingCache, is_frozen
 from chexcli.train.generation import generation_losses
 from chexcli.train.prompts import anatomy_bank, pathology_banks
-from chexcli.train.supervisors import (LossTerms, LossWeights, SupervisionOptions, anatomy_supervisor,
-                                       pathology_supervisor, sentence_supervisor)
+from chexcli.train.loss_terms import LossTerms
+from chexcli.train.losses import BoxCoefficients
+from chexcli.train.supervisors import (LossWeights, SupervisionOptions, anatomy_supervisor, pathology_supervisor,
+                                       sentence_supervisor)
 
 
 class ChexObjective(nn.Module):
     """Wraps the model so DDP sees one module whose forward returns the loss.
 
     With `encodings` set, a frozen image tower encodes each image once (`FrozenEncodingCache`).
+    `weights` are the loss coefficients, `box_coefficients` those of box regression and matching.
     """
 
     def __init__(self, model, weights: LossWeights, options: SupervisionOptions, class_names: list[str],
-                 anatomy_names: list[str], multi_names: list[str], encodings: FrozenEncodingCache | None = None):
+                 anatomy_names: list[str], multi_names: list[str], encodings: FrozenEncodingCache | None = None,
+                 box_coefficients: BoxCoefficients = BoxCoefficients()):
         super().__init__()
         self.model = model
         self.encodings = encodings
         self.weights = weights
+        self.box_coefficients = box_coefficients
         self.options = options
         prompts = model.prompts or {}
         self.anatomy = anatomy_bank(anatomy_names, prompts)
@@ -59,9 +65,10 @@ class ChexObjective(nn.Module):
             terms.update(sentence_supervisor(self.model, enc, batch, w, opt))
         if w.anatomy_detection or w.anatomy_classification or w.anatomy_mse or w.anatomy_generation:
             terms.update(anatomy_supervisor(self.model, enc, batch, w, opt, self.anatomy, self.multi, self.pos,
-                                            self.neg))
+                                            self.neg, self.box_coefficients))
         if (w.pathology_detection or w.pathology_classification) and self.pos is not None:
-            terms.update(pathology_supervisor(self.model, enc, batch, w, opt, self.pos, self.neg))
+            terms.update(pathology_supervisor(self.model, enc, batch, w, opt, self.pos, self.neg,
+                                              self.box_coefficients))
         # report sentences and anatomy texts: one generator pass (each weight read once, one gradient)
         terms.resolve_generation(lambda calls: generation_losses(self.model, calls, opt.generation_include_padding,
                                                                  opt.generation_keep_end_token))
@@ -76,12 +83,12 @@ class ChexObjective(nn.Module):
                     zero = zero + p.reshape(-1)[0] * 0.0
         return terms, zero
 
-    def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         terms, zero = self.loss_terms(batch)
         total = terms.weighted_sum()
         total = zero if total is None else zero + total
         terms.note("loss", total)
-        return total, terms.metrics()
+        return total, terms.values()
 
 
 class TxtgenObjective(nn.Module):
@@ -106,7 +113,7 @@ class TxtgenObjective(nn.Module):
     def text_strings(self) -> list[str]:
         return []
 
-    def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         # training decodes the first `max_sentences` sentences of the reports in order;
         # validation (eval mode) all of them, as the reference does
         limit = self.max_sentences if self.model.training else None
@@ -118,13 +125,13 @@ class TxtgenObjective(nn.Module):
         device = self.model.device
         if not sentences:
             zero = sum(p.sum() for p in self.model.txt_decoder.parameters()) * 0.0
-            return zero, {"loss": 0.0}
+            return zero, {"loss": torch.tensor(0.0, dtype=torch.float64)}
         emb = self.model.encode_sentences(sentences).to(device)  # (M, d), frozen text encoder
         r = int(torch.randint(self.copies[0], self.copies[1] + 1, ()))
         copies = emb[:, None].expand(-1, r, -1)
         feats = F.dropout(copies, self.copy_dropout, training=self.model.training)  # (M, R, d): R noisy copies
         loss = self._loss(feats, sentences)
-        return loss, {"txtgen_loss": float(loss.detach()), "loss": float(loss.detach())}
+        return loss, {"txtgen_loss": loss.detach(), "loss": loss.detach()}
 
     def _loss(self, feats: Tensor, texts: list[str]) -> Tensor:
         """Prefix of R copies (copy-major) -> teacher-forced cross-entropy."""

@@ -1,24 +1,26 @@
-"""The three supervisors of ChEX training (TRAINING.md §7): sentence, anatomy and pathology tokens.
+"""The three supervisors of ChEX training (docs/training.md#supervisors): sentence, anatomy and
+pathology tokens.
 
-Each supervisor takes the model, the batch's image encoding and the batch,
-runs its own detector pass on its own samples and queries, and returns
-`(weighted loss, {sub-loss name: float})`. Sub-loss names follow TRAINING.md
-§10.4 (`l_sent/...`, `l_anat/...`, `l_cls/...`); values are unweighted.
-Batch fields and shapes: TRAINING.md §4.3 (N samples, A anatomies, C classes,
-R regions per query, d model width).
+Supervisors select, losses score. Each supervisor takes the model, the batch's image encoding
+and the batch, selects the samples and queries of each of its losses, runs its own detector
+pass and records the terms in a `LossTerms` (chexcli.train.loss_terms), weighted by the
+coefficients it is given (`LossWeights`; the box coefficients `BoxCoefficients` go on to the
+loss functions of chexcli.train.losses, as a DETR matcher and criterion take theirs). Batch
+fields and shapes: docs/training.md#batch-fields (N samples, A anatomies, C classes, R regions
+per query, d model width).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from chexcli.model.detector import ImageEncoding
 from chexcli.train.generation import GenerationCall, generation_call
-from chexcli.train.losses import (WEIGHTS_COEFF, anatomy_classification_loss, expected_count_subsample,
+from chexcli.train.loss_terms import LossTerms
+from chexcli.train.losses import (BoxCoefficients, anatomy_classification_loss, expected_count_subsample,
                                   global_contrastive_loss, masked_mse_loss, multi_box_loss,
                                   pathology_classification_loss, pathology_detection_loss,
                                   sentence_region_contrastive_loss, single_box_loss)
@@ -66,88 +68,6 @@ class SupervisionOptions:
     generation_sampling: str = "uniform"  # uniform (reference) | balanced (each distinct target text equally)
 
 
-class LossTerms:
-    """The loss terms of one training forward: the total is the sum of `coeff x value` over them.
-
-    `add(name, coeff, value)` records a term of the total; `note(name, value)` a derived sub-loss
-    that is reported beside the terms but not added (e.g. `l_anat/anat_single`). Names follow
-    TRAINING.md §10.4; values are unweighted scalars. `weighted` keeps each term's `coeff x value`
-    tensor (per-term gradients in the parity test); `metrics()` turns the values into floats with
-    one device synchronisation.
-    """
-
-    def __init__(self):
-        self.weighted: dict[str, Tensor] = {}
-        self.coeffs: dict[str, float] = {}
-        self._values: dict[str, Tensor] = {}
-        self._floats: dict[str, float] = {}
-        self._sums: dict[str, list[str]] = {}
-        self.pending: dict[str, tuple[float, GenerationCall]] = {}  # generation terms, computed together
-
-    def add(self, name: str, coeff: float, value: Tensor) -> None:
-        self.weighted[name] = coeff * value
-        self.coeffs[name] = coeff
-        self._values[name] = value.detach()
-
-    def note(self, name: str, value: Tensor | float) -> None:
-        if isinstance(value, Tensor):
-            self._values[name] = value.detach()
-        else:
-            self._floats[name] = float(value)
-
-    def note_sum(self, name: str, terms: list[str]) -> None:
-        """A derived sub-loss: the weighted sum of `terms` (those computed), taken at `metrics()`."""
-        self._sums[name] = list(terms)
-
-    def add_generation(self, name: str, coeff: float, call: GenerationCall) -> None:
-        """A generation term, computed by `resolve_generation` with the other calls of the step."""
-        self.pending[name] = (coeff, call)
-
-    def resolve_generation(self, losses: Callable[[list[GenerationCall]], list[Tensor]]) -> None:
-        """Compute every pending generation term in one generator pass (`losses` maps calls to losses)."""
-        if not self.pending:
-            return
-        names = list(self.pending)
-        for name, loss in zip(names, losses([self.pending[n][1] for n in names])):
-            self.add(name, self.pending[name][0], loss)
-        self.pending.clear()
-
-    def update(self, other: "LossTerms") -> None:
-        self.weighted.update(other.weighted)
-        self.coeffs.update(other.coeffs)
-        self._values.update(other._values)
-        self._floats.update(other._floats)
-        self._sums.update(other._sums)
-        self.pending.update(other.pending)
-
-    def weighted_sum(self, names: list[str] | None = None) -> Tensor | None:
-        """Sum of `coeff x value` over `names` (default: every term); None without any."""
-        parts = [t for n, t in self.weighted.items() if names is None or n in names]
-        if not parts:
-            return None
-        total = parts[0]
-        for t in parts[1:]:
-            total = total + t
-        return total
-
-    def metrics(self) -> dict[str, float]:
-        if self.pending:
-            raise RuntimeError(f"generation terms not computed yet: {', '.join(self.pending)}")
-        out = dict(self._floats)
-        values = dict(self._values)
-        for name, parts in self._sums.items():
-            total = self.weighted_sum(parts)
-            if total is None:
-                out[name] = 0.0
-            else:
-                values[name] = total.detach()
-        if values:
-            names = list(values)
-            stacked = torch.stack([values[n].float().reshape(()) for n in names]).tolist()
-            out.update(zip(names, stacked))
-        return out
-
-
 def _zero(ref: Tensor) -> Tensor:
     return ref.sum() * 0.0
 
@@ -176,38 +96,107 @@ def sentence_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, 
     if not keep:
         return terms
     texts = [sentences[i] for i in keep]
-    s_max = max(len(t) for t in texts)
-    flat = [s for t in texts for s in t]
-    emb = model.encode_sentences(flat).to(device)  # (sum S_i, d)
-    d = emb.shape[-1]
-    padded = torch.zeros(len(keep), s_max, d, device=device)
-    mask = torch.zeros(len(keep), s_max, dtype=torch.bool, device=device)
-    start = 0
-    for row, t in enumerate(texts):
-        padded[row, : len(t)] = emb[start:start + len(t)]
-        mask[row, : len(t)] = True
-        start += len(t)
+    padded, mask = _padded_embeddings(model, texts, device)  # (N', S, d), (N', S)
     sub = enc.select(torch.tensor(keep, device=device))
-    out = _detect(model, sub, padded, mask, opt.use_post_decoder)
-    regions = out.box_features  # (N', S, d)
+    regions = _detect(model, sub, padded, mask, opt.use_post_decoder).box_features  # (N', S, d)
 
-    if w.global_contrastive:
+    def global_contrastive() -> Tensor:
         img = sub.patch_features.flatten(1, 2).mean(dim=1)
         txt = (padded * mask[..., None]).sum(dim=1) / (mask.sum(dim=1, keepdim=True) + 1e-7)
-        terms.add("l_sent/global_contr", w.global_contrastive, global_contrastive_loss(img, txt, tau=opt.global_tau))
-    if w.sentence_contrastive:
-        terms.add("l_sent/sent_contr", w.sentence_contrastive,
-                  sentence_region_contrastive_loss(padded, regions, mask, tau=opt.sentence_tau))
-    if w.sentence_mse:
-        terms.add("l_sent/sent_mse", w.sentence_mse, masked_mse_loss(padded, regions, mask))
+        return global_contrastive_loss(img, txt, tau=opt.global_tau)
+
+    terms.weigh("l_sent/global_contr", w.global_contrastive, global_contrastive)
+    terms.weigh("l_sent/sent_contr", w.sentence_contrastive,
+                lambda: sentence_region_contrastive_loss(padded, regions, mask, tau=opt.sentence_tau))
+    terms.weigh("l_sent/sent_mse", w.sentence_mse, lambda: masked_mse_loss(padded, regions, mask))
     if w.sentence_generation:
+        flat = [s for t in texts for s in t]
         terms.add_generation("l_sent/sent_gen", w.sentence_generation,
                              generation_call(regions[mask], flat, opt.max_generated_sentences, opt.generation_sampling))
     terms.note_sum("l_sent/total_sent", SENTENCE_TERMS)
     return terms
 
 
+def _padded_embeddings(model, texts: list[list[str]], device) -> tuple[Tensor, Tensor]:
+    """Sentence embeddings of N' reports, zero-padded: (N', S_max, d) and the mask (N', S_max) of real ones."""
+    emb = model.encode_sentences([s for t in texts for s in t]).to(device)  # (sum S_i, d)
+    padded = torch.zeros(len(texts), max(len(t) for t in texts), emb.shape[-1], device=device)
+    mask = torch.zeros(padded.shape[:2], dtype=torch.bool, device=device)
+    start = 0
+    for row, t in enumerate(texts):
+        padded[row, : len(t)] = emb[start:start + len(t)]
+        mask[row, : len(t)] = True
+        start += len(t)
+    return padded, mask
+
+
+def _positions(index: Tensor, size: int) -> Tensor:
+    """(size,) position of each entry in `index` (its row or column in a selected block), -1 if absent."""
+    where = torch.full((size,), -1, dtype=torch.long, device=index.device)
+    where[index] = torch.arange(index.numel(), device=index.device)
+    return where
+
+
 # ------------------------------------------------------------------------------------------ anatomy
+@dataclass
+class AnatomySelection:
+    """Which samples (N) and anatomies (A) enter each anatomy loss.
+
+    Detection: the samples with a box of a `selected` (subsampled) anatomy or of a multi-box
+    anatomy; classification (`labels` set): the samples with a label; phrase MSE and generation
+    (`has_text` set): the selected anatomies of samples with boxes that have phrases. The detector
+    runs once on `sample_idx` x `anat_idx`, the union of all of them.
+    """
+
+    boxes: Tensor  # (N, A, 4) target boxes
+    present: Tensor  # (N, A) bool: the anatomy is in the image
+    has_boxes: Tensor  # (N, A) bool: the sample's dataset has its box
+    selected: Tensor  # (A) bool
+    mode: str  # token | bbox: region features from the detector, or pooled from the target boxes
+    has_multi: Tensor  # (N, G) bool: multi-box targets (token mode)
+    multi_sel: Tensor  # (G) bool: multi-box anatomies queried (never subsampled)
+    samples_with_boxes: Tensor  # (N) bool
+    sample_idx: Tensor  # (N') rows of the detector pass
+    anat_idx: Tensor  # (A') anatomy queries of the detector pass
+    labels: Tensor | None = None  # (N, A, C) region labels, when classifying
+    has_labels: Tensor | None = None  # (N, A, C) bool
+    has_text: Tensor | None = None  # (N, A) bool, when describing
+
+
+def select_anatomies(batch: dict, w: LossWeights, opt: SupervisionOptions, multi_names: PromptBank | None,
+                     classify: bool, device) -> AnatomySelection | None:
+    """The anatomy supervisor's selection (None when nothing is left to query)."""
+    boxes = batch["target_anat_boxes"].to(device)
+    n, a = boxes.shape[:2]
+    has_boxes = _flag(batch, "has_anatomy_bboxes", (n, a), device)
+    selected = expected_count_subsample(has_boxes.any(dim=0), opt.anatomy_box_subsample)  # (A)
+    mode = opt.anatomy_region_mode
+    if mode == "random":
+        mode = "token" if bool(torch.rand(()) < 0.5) else "bbox"
+    multiboxes = batch.get("target_anat_multiboxes")
+    if mode == "token" and opt.use_multiboxes and multi_names is not None and multiboxes is not None:
+        has_multi = _flag(batch, "has_anatomy_multiboxes", tuple(multiboxes.shape[:2]), device)
+    else:
+        has_multi = torch.zeros(n, 0, dtype=torch.bool, device=device)
+    multi_sel = has_multi.any(dim=0)
+    with_boxes = (has_boxes & selected).any(dim=1) | (has_multi & multi_sel).any(dim=1)  # (N)
+    sel = AnatomySelection(boxes, batch["target_anat_present_masks"].to(device).bool(), has_boxes, selected, mode,
+                           has_multi, multi_sel, with_boxes, sample_idx=with_boxes, anat_idx=selected)
+    if classify:
+        sel.labels = batch["target_anat_cls_labels"].to(device)
+        sel.has_labels = _flag(batch, "has_anatomy_class_labels", tuple(sel.labels.shape), device)
+    if bool(w.anatomy_mse or w.anatomy_generation) and batch.get("target_anat_sentences") is not None:
+        sel.has_text = _flag(batch, "has_anatomy_sentences", (n, a), device) & selected & with_boxes[:, None]
+    relevant, relevant_samples = selected.clone(), with_boxes.clone()
+    if classify:
+        relevant |= sel.has_labels.any(dim=2).any(dim=0)
+        relevant_samples |= sel.has_labels.any(dim=2).any(dim=1)
+    sel.sample_idx, sel.anat_idx = relevant_samples.nonzero().squeeze(1), relevant.nonzero().squeeze(1)
+    if sel.sample_idx.numel() == 0 or sel.anat_idx.numel() == 0:
+        return None
+    return sel
+
+
 def _anatomy_phrase_targets(model, phrases: list[list[list[str]]], samples: list[int], anat: list[int], device):
     """Mean phrase embedding per (sample, anatomy): (N', A', d) and mask (N', A') of 'has a phrase'."""
     d = model.cfg.text.output_dim
@@ -263,122 +252,105 @@ def _anatomy_texts(phrases: list[list[list[str]]], rows: list[int], cols: list[i
 
 def anatomy_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, opt: SupervisionOptions,
                        anatomy: PromptBank, multi: PromptBank | None, pos: PromptBank | None,
-                       neg: PromptBank | None) -> LossTerms:
-    """Anatomy prompts as queries: box detection (stage 1), region classification, phrase MSE and generation.
-
-    Which samples and anatomies enter each loss follows the reference (TRAINING.md §7.2): detection
-    uses the samples with a box of a selected anatomy; classification the samples with a label;
-    MSE and generation the selected anatomies of samples with boxes that have phrases (the MSE
-    scores every anatomy with a phrase, present or not; generation only present ones).
-    """
-    device = enc.patch_features.device
+                       neg: PromptBank | None, coeffs: BoxCoefficients = BoxCoefficients()) -> LossTerms:
+    """Anatomy prompts as queries: box detection (stage 1), region classification, phrase MSE and generation
+    (docs/training.md#anatomy-supervisor). The MSE scores every anatomy with a phrase, present or
+    not; generation only present ones."""
     terms = LossTerms()
-    boxes = batch.get("target_anat_boxes")
-    if boxes is None or len(anatomy.names) == 0:
+    if batch.get("target_anat_boxes") is None or len(anatomy.names) == 0:
         return terms
-    boxes = boxes.to(device)
-    n, a = boxes.shape[:2]
-    present = batch["target_anat_present_masks"].to(device).bool()
-    has_boxes = _flag(batch, "has_anatomy_bboxes", (n, a), device)
-    selected = expected_count_subsample(has_boxes.any(dim=0), opt.anatomy_box_subsample)  # (A)
-
-    mode = opt.anatomy_region_mode
-    if mode == "random":
-        mode = "token" if bool(torch.rand(()) < 0.5) else "bbox"
-    use_multi = (mode == "token" and opt.use_multiboxes and multi is not None
-                 and batch.get("target_anat_multiboxes") is not None)
-    if use_multi:
-        has_multi = _flag(batch, "has_anatomy_multiboxes", tuple(batch["target_anat_multiboxes"].shape[:2]), device)
-    else:
-        has_multi = torch.zeros(n, 0, dtype=torch.bool, device=device)
-    multi_sel = has_multi.any(dim=0)  # (G) multi-box anatomies are never subsampled
-    samples_with_boxes = (has_boxes & selected).any(dim=1) | (has_multi & multi_sel).any(dim=1)  # (N)
-
-    relevant = selected.clone()
-    relevant_samples = samples_with_boxes.clone()
     classify = w.anatomy_classification > 0 and batch.get("target_anat_cls_labels") is not None and pos is not None
-    if classify:
-        labels = batch["target_anat_cls_labels"].to(device)
-        has_labels = _flag(batch, "has_anatomy_class_labels", tuple(labels.shape), device)
-        label_anat = has_labels.any(dim=2).any(dim=0)  # (A)
-        label_cls = has_labels.any(dim=1).any(dim=0)  # (C)
-        samples_with_labels = has_labels.any(dim=2).any(dim=1)  # (N)
-        relevant |= label_anat
-        relevant_samples |= samples_with_labels
-    phrases = batch.get("target_anat_sentences")
-    describe = bool(w.anatomy_mse or w.anatomy_generation) and phrases is not None
-    if describe:
-        has_text = _flag(batch, "has_anatomy_sentences", (n, a), device) & selected & samples_with_boxes[:, None]
-        text_rows, text_cols = has_text.any(dim=1), has_text.any(dim=0)
-    sample_idx = relevant_samples.nonzero().squeeze(1)
-    anat_idx = relevant.nonzero().squeeze(1)
-    if sample_idx.numel() == 0 or anat_idx.numel() == 0:
+    sel = select_anatomies(batch, w, opt, multi, classify, enc.patch_features.device)
+    if sel is None:
         return terms
-    sub = enc.select(sample_idx)
-
-    feats, out = _anatomy_region_features(model, sub, mode, opt, anatomy, anat_idx, multi, multi_sel,
-                                          boxes[sample_idx][:, anat_idx])
-
-    row_of = torch.full((n,), -1, dtype=torch.long, device=device)  # sample -> row of `feats`
-    row_of[sample_idx] = torch.arange(sample_idx.numel(), device=device)
-    col_of = torch.full((a,), -1, dtype=torch.long, device=device)  # anatomy -> column of `feats`
-    col_of[anat_idx] = torch.arange(anat_idx.numel(), device=device)
-
+    feats, out = _anatomy_region_features(model, enc.select(sel.sample_idx), sel.mode, opt, anatomy, sel.anat_idx,
+                                          multi, sel.multi_sel, sel.boxes[sel.sample_idx][:, sel.anat_idx])
+    n, a = sel.boxes.shape[:2]
+    row_of, col_of = _positions(sel.sample_idx, n), _positions(sel.anat_idx, a)  # -> row / column of `feats`
     if w.anatomy_detection and out is not None:
-        rows = row_of[samples_with_boxes]
-        t_boxes = boxes[samples_with_boxes][:, selected]
-        t_present = (present & has_boxes)[samples_with_boxes][:, selected]
-        s_sum, s_count = single_box_loss(out.multiboxes[rows][:, col_of[selected]], t_boxes, t_present)
-        m_sum, m_count = _zero(feats), 0
-        if bool(multi_sel.any()):
-            q_a = anat_idx.numel()
-            mb = batch["target_anat_multiboxes"].to(device)[samples_with_boxes][:, multi_sel]
-            mm = batch["target_anat_multiboxes_masks"].to(device).bool()[samples_with_boxes][:, multi_sel]
-            mm = mm & has_multi[samples_with_boxes][:, multi_sel][..., None]
-            m_sum, m_count = multi_box_loss(out.multiboxes[rows][:, q_a:], out.multiboxes_weights[rows][:, q_a:],
-                                            mb, mm)
-        terms.add("l_anat/anat_det", w.anatomy_detection, (s_sum + m_sum) / max(1, s_count + m_count))
-        terms.note("l_anat/anat_single", s_sum / max(1, s_count))
-        terms.note("l_anat/anat_multi", m_sum / max(1, m_count))
-
-    if classify:
-        cls_idx = label_cls.nonzero().squeeze(1)
-        f = feats[row_of[samples_with_labels]][:, col_of[label_anat]]
-        lab = labels[samples_with_labels][:, label_anat][:, :, cls_idx]
-        valid = (has_labels[samples_with_labels][:, label_anat][:, :, cls_idx]
-                 & present[samples_with_labels][:, label_anat][:, :, None])
-        p = pos.embed(model, opt.randomize_prompts)[cls_idx.cpu()].to(device)
-        q = neg.embed(model, opt.randomize_prompts)[cls_idx.cpu()].to(device)
+        _anatomy_detection(terms, batch, sel, out, row_of, col_of, _zero(feats), w.anatomy_detection, coeffs)
+    if sel.labels is not None:
         terms.add("l_anat/anat_cls", w.anatomy_classification,
-                  anatomy_classification_loss(f, p, q, lab, valid, tau=opt.anatomy_cls_tau,
-                                              n_negatives=opt.anatomy_cls_negatives))
-
-    if describe:
-        f = feats[row_of[text_rows]][:, col_of[text_cols]]  # (N'', A'', d)
-        row_list = text_rows.nonzero().squeeze(1).tolist()
-        col_list = text_cols.nonzero().squeeze(1).tolist()
-        target, has_phrase = _anatomy_phrase_targets(model, phrases, row_list, col_list, device)
-        if w.anatomy_mse:
-            terms.add("l_anat/sent_mse", w.anatomy_mse, masked_mse_loss(target, f, has_phrase))
-        if w.anatomy_generation:
-            gen_mask, flat = _anatomy_texts(phrases, row_list, col_list, (has_text & present)[text_rows][:, text_cols])
-            terms.add_generation("l_anat/anat_gen", w.anatomy_generation,
-                                 generation_call(f[gen_mask], flat, opt.max_generated_sentences,
-                                                 opt.generation_sampling))
+                  _anatomy_classification(model, sel, feats, row_of, col_of, pos, neg, opt))
+    if sel.has_text is not None:
+        _anatomy_description(terms, model, batch["target_anat_sentences"], sel, feats, row_of, col_of, w, opt)
     return terms
 
 
-# ------------------------------------------------------------------------------------------ pathology
-def pathology_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, opt: SupervisionOptions,
-                         pos: PromptBank, neg: PromptBank) -> LossTerms:
-    """Pathology prompts as queries (stage 1): matched box detection + weight focal loss, classification.
+def _anatomy_detection(terms: LossTerms, batch: dict, sel: AnatomySelection, out, row_of: Tensor, col_of: Tensor,
+                       zero: Tensor, coeff: float, coeffs: BoxCoefficients) -> None:
+    """`l_anat/anat_det`: single-box anatomies regress every region box to the target, multi-box
+    anatomies are matched (docs/training.md#anatomy-detection)."""
+    rows = row_of[sel.samples_with_boxes]
+    with_boxes, chosen = sel.samples_with_boxes, sel.selected
+    t_present = (sel.present & sel.has_boxes)[with_boxes][:, chosen]
+    s_sum, s_count = single_box_loss(out.multiboxes[rows][:, col_of[chosen]], sel.boxes[with_boxes][:, chosen],
+                                     t_present, coeffs)
+    m_sum, m_count = zero, 0
+    if bool(sel.multi_sel.any()):
+        device, q_a = zero.device, sel.anat_idx.numel()
+        mb = batch["target_anat_multiboxes"].to(device)[with_boxes][:, sel.multi_sel]
+        mm = batch["target_anat_multiboxes_masks"].to(device).bool()[with_boxes][:, sel.multi_sel]
+        mm = mm & sel.has_multi[with_boxes][:, sel.multi_sel][..., None]
+        m_sum, m_count = multi_box_loss(out.multiboxes[rows][:, q_a:], out.multiboxes_weights[rows][:, q_a:], mb, mm,
+                                        coeffs)
+    terms.add("l_anat/anat_det", coeff, (s_sum + m_sum) / max(1, s_count + m_count))
+    terms.note("l_anat/anat_single", s_sum / max(1, s_count))
+    terms.note("l_anat/anat_multi", m_sum / max(1, m_count))
 
-    Samples without `has_class_labels` but with `target_cls_labels` count as labelled for every
-    class (the reference's rule for single-dataset batches).
-    """
-    device = enc.patch_features.device
-    terms = LossTerms()
-    n, c = len(batch["x"]), len(pos.names)
+
+def _anatomy_classification(model, sel: AnatomySelection, feats: Tensor, row_of: Tensor, col_of: Tensor,
+                            pos: PromptBank, neg: PromptBank, opt: SupervisionOptions) -> Tensor:
+    """Region features of the labelled samples and anatomies against both prompts of each labelled class."""
+    samples, anatomies = sel.has_labels.any(dim=2).any(dim=1), sel.has_labels.any(dim=2).any(dim=0)
+    cls_idx = sel.has_labels.any(dim=1).any(dim=0).nonzero().squeeze(1)
+    f = feats[row_of[samples]][:, col_of[anatomies]]
+    lab = sel.labels[samples][:, anatomies][:, :, cls_idx]
+    valid = (sel.has_labels[samples][:, anatomies][:, :, cls_idx] & sel.present[samples][:, anatomies][:, :, None])
+    p = pos.embed(model, opt.randomize_prompts)[cls_idx.cpu()].to(feats.device)
+    q = neg.embed(model, opt.randomize_prompts)[cls_idx.cpu()].to(feats.device)
+    return anatomy_classification_loss(f, p, q, lab, valid, tau=opt.anatomy_cls_tau,
+                                       n_negatives=opt.anatomy_cls_negatives)
+
+
+def _anatomy_description(terms: LossTerms, model, phrases: list[list[list[str]]], sel: AnatomySelection,
+                         feats: Tensor, row_of: Tensor, col_of: Tensor, w: LossWeights,
+                         opt: SupervisionOptions) -> None:
+    """`l_anat/sent_mse` (region feature vs mean phrase embedding) and `l_anat/anat_gen` (the phrases
+    generated from the region feature) of the anatomies that have phrases."""
+    text_rows, text_cols = sel.has_text.any(dim=1), sel.has_text.any(dim=0)
+    f = feats[row_of[text_rows]][:, col_of[text_cols]]  # (N'', A'', d)
+    row_list = text_rows.nonzero().squeeze(1).tolist()
+    col_list = text_cols.nonzero().squeeze(1).tolist()
+    target, has_phrase = _anatomy_phrase_targets(model, phrases, row_list, col_list, feats.device)
+    terms.weigh("l_anat/sent_mse", w.anatomy_mse, lambda: masked_mse_loss(target, f, has_phrase))
+    if w.anatomy_generation:
+        wanted = (sel.has_text & sel.present)[text_rows][:, text_cols]
+        gen_mask, flat = _anatomy_texts(phrases, row_list, col_list, wanted)
+        terms.add_generation("l_anat/anat_gen", w.anatomy_generation,
+                             generation_call(f[gen_mask], flat, opt.max_generated_sentences, opt.generation_sampling))
+
+
+# ------------------------------------------------------------------------------------------ pathology
+@dataclass
+class PathologySelection:
+    """The classes queried for detection (`box_cls`, (C)) and classification (`label_cls`, (C)),
+    each subsampled among the classes with boxes / labels in the batch, and the samples
+    (`sample_idx`) with a box or label of one of them; `has_boxes`, `has_labels` (N, C)."""
+
+    has_boxes: Tensor
+    has_labels: Tensor
+    box_cls: Tensor
+    label_cls: Tensor
+    sample_idx: Tensor
+    query_idx: Tensor
+
+
+def select_pathologies(batch: dict, w: LossWeights, opt: SupervisionOptions, c: int,
+                       device) -> PathologySelection | None:
+    """Samples without `has_class_labels` but with `target_cls_labels` count as labelled for every
+    class (the reference's rule for single-dataset batches)."""
+    n = len(batch["x"])
     none = torch.zeros(n, c, dtype=torch.bool, device=device)
     has_boxes = _flag(batch, "has_class_bboxes", (n, c), device) if batch.get("has_class_bboxes") is not None else none
     has_labels = (_flag(batch, "has_class_labels", (n, c), device)
@@ -388,53 +360,75 @@ def pathology_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights,
     label_cls = (expected_count_subsample(has_labels.any(dim=0), opt.pathology_label_subsample)
                  if w.pathology_classification and bool(has_labels.any())
                  else torch.zeros(c, dtype=torch.bool, device=device))
-    query_cls = box_cls | label_cls
     samples = ((has_boxes & box_cls) | (has_labels & label_cls)).any(dim=1)
-    sample_idx = samples.nonzero().squeeze(1)
-    q_idx = query_cls.nonzero().squeeze(1)
-    if sample_idx.numel() == 0 or q_idx.numel() == 0:
+    sel = PathologySelection(has_boxes, has_labels, box_cls, label_cls, samples.nonzero().squeeze(1),
+                             (box_cls | label_cls).nonzero().squeeze(1))
+    return None if sel.sample_idx.numel() == 0 or sel.query_idx.numel() == 0 else sel
+
+
+def pathology_supervisor(model, enc: ImageEncoding, batch: dict, w: LossWeights, opt: SupervisionOptions,
+                         pos: PromptBank, neg: PromptBank, coeffs: BoxCoefficients = BoxCoefficients()) -> LossTerms:
+    """Pathology prompts as queries (stage 1): matched box detection + weight focal loss, classification
+    (docs/training.md#pathology-supervisor)."""
+    device = enc.patch_features.device
+    terms = LossTerms()
+    sel = select_pathologies(batch, w, opt, len(pos.names), device)
+    if sel is None:
         return terms
     p_all = pos.embed(model, opt.randomize_prompts).to(device)
     n_all = neg.embed(model, opt.randomize_prompts).to(device)
-    sub = enc.select(sample_idx)
-    out = _detect(model, sub, p_all[q_idx], None, False)
-    col = torch.full((c,), -1, dtype=torch.long, device=device)
-    col[q_idx] = torch.arange(q_idx.numel(), device=device)
-
-    if w.pathology_detection and bool(box_cls.any()):
-        b_idx = box_cls.nonzero().squeeze(1)
-        cols = col[b_idx]
-        # only the samples that flag a box class enter the loss means and the focal alpha (a sample
-        # with image labels but no boxes is not a sample "without findings" here)
-        rows = (has_boxes[sample_idx] & box_cls).any(dim=1)  # (N')
-        det_idx = sample_idx[rows]
-        ids_with_boxes = batch["class_ids_with_boxes"].to(device)
-        padded = batch["target_cls_boxes_padded"].to(device)[det_idx]
-        pmask = batch["target_cls_boxes_mask"].to(device).bool()[det_idx]
-        m = padded.shape[2]
-        target = torch.zeros(det_idx.numel(), b_idx.numel(), m, 4, device=device)
-        tmask = torch.zeros(det_idx.numel(), b_idx.numel(), m, dtype=torch.bool, device=device)
-        lookup = {int(k): j for j, k in enumerate(ids_with_boxes.tolist())}
-        for j, cls in enumerate(b_idx.tolist()):
-            if cls in lookup:
-                target[:, j] = padded[:, lookup[cls], :, :4]
-                tmask[:, j] = pmask[:, lookup[cls]]
-        feats = out.multiboxes_features[rows][:, cols]  # (N_b, Cb, R, d)
-        logits = torch.stack([(feats * p_all[b_idx][None, :, None]).sum(-1),
-                              (feats * n_all[b_idx][None, :, None]).sum(-1)], dim=-1)
-        cls_prob = logits.float().softmax(dim=-1)[..., 0]
-        res = pathology_detection_loss(out.multiboxes[rows][:, cols], out.multiboxes_weights[rows][:, cols],
-                                       cls_prob, target, tmask, has_boxes[det_idx][:, b_idx])
-        # total = box_loss + WEIGHTS_COEFF x weights_loss, scaled by the detection coefficient
+    out = _detect(model, enc.select(sel.sample_idx), p_all[sel.query_idx], None, False)
+    col = _positions(sel.query_idx, len(pos.names))
+    if w.pathology_detection and bool(sel.box_cls.any()):
+        res = _pathology_detection(batch, sel, out, col, p_all, n_all, coeffs)
+        # total = box_loss + weights coefficient x weights_loss, scaled by the detection coefficient
         terms.add("l_cls/box_loss", w.pathology_detection, res["box_loss"])
-        terms.add("l_cls/weights_loss", w.pathology_detection * WEIGHTS_COEFF, res["weights_loss"])
+        terms.add("l_cls/weights_loss", w.pathology_detection * coeffs.weights, res["weights_loss"])
         terms.note("l_cls/patho_detect", res["total"])
-
-    if w.pathology_classification and bool(label_cls.any()):
-        l_idx = label_cls.nonzero().squeeze(1)
-        f = out.box_features[:, col[l_idx]]
-        labels = batch["target_cls_labels"].to(device)[sample_idx][:, l_idx]
-        loss = pathology_classification_loss(f, p_all[l_idx], n_all[l_idx], labels,
-                                             has_labels[sample_idx][:, l_idx], tau=opt.pathology_cls_tau)
-        terms.add("l_cls/patho_cls", w.pathology_classification, loss)
+    if w.pathology_classification and bool(sel.label_cls.any()):
+        l_idx = sel.label_cls.nonzero().squeeze(1)
+        labels = batch["target_cls_labels"].to(device)[sel.sample_idx][:, l_idx]
+        terms.add("l_cls/patho_cls", w.pathology_classification,
+                  pathology_classification_loss(out.box_features[:, col[l_idx]], p_all[l_idx], n_all[l_idx], labels,
+                                                sel.has_labels[sel.sample_idx][:, l_idx], tau=opt.pathology_cls_tau))
     return terms
+
+
+def _pathology_detection(batch: dict, sel: PathologySelection, out, col: Tensor, p_all: Tensor, n_all: Tensor,
+                         coeffs: BoxCoefficients) -> dict[str, Tensor]:
+    """Detection losses of the box classes. Only the samples that flag a box class enter the loss
+    means and the focal alpha (a sample with image labels but no boxes is not a sample "without
+    findings" here)."""
+    b_idx = sel.box_cls.nonzero().squeeze(1)
+    cols = col[b_idx]
+    rows = (sel.has_boxes[sel.sample_idx] & sel.box_cls).any(dim=1)  # (N')
+    det_idx = sel.sample_idx[rows]
+    target, tmask = _class_box_targets(batch, det_idx, b_idx)
+    feats = out.multiboxes_features[rows][:, cols]  # (N_b, Cb, R, d)
+    logits = torch.stack([(feats * p_all[b_idx][None, :, None]).sum(-1),
+                          (feats * n_all[b_idx][None, :, None]).sum(-1)], dim=-1)
+    cls_prob = logits.float().softmax(dim=-1)[..., 0]
+    return pathology_detection_loss(out.multiboxes[rows][:, cols], out.multiboxes_weights[rows][:, cols], cls_prob,
+                                    target, tmask, sel.has_boxes[det_idx][:, b_idx], coeffs=coeffs)
+
+
+def _class_box_targets(batch: dict, det_idx: Tensor, b_idx: Tensor) -> tuple[Tensor, Tensor]:
+    """Target boxes (N_b, Cb, M, 4) and their mask (N_b, Cb, M) of the classes `b_idx` (padded per
+    class id in the batch's `class_ids_with_boxes` order)."""
+    device = det_idx.device
+    ids_with_boxes = batch["class_ids_with_boxes"].to(device)
+    padded = batch["target_cls_boxes_padded"].to(device)[det_idx]
+    pmask = batch["target_cls_boxes_mask"].to(device).bool()[det_idx]
+    target = torch.zeros(det_idx.numel(), b_idx.numel(), padded.shape[2], 4, device=device)
+    tmask = torch.zeros(det_idx.numel(), b_idx.numel(), padded.shape[2], dtype=torch.bool, device=device)
+    lookup = {int(k): j for j, k in enumerate(ids_with_boxes.tolist())}
+    for j, cls in enumerate(b_idx.tolist()):
+        if cls in lookup:
+            target[:, j] = padded[:, lookup[cls], :, :4]
+            tmask[:, j] = pmask[:, lookup[cls]]
+    return target, tmask
+
+
+__all__ = ["AnatomySelection", "LossTerms", "LossWeights", "PathologySelection", "SENTENCE_TERMS",
+           "SupervisionOptions", "anatomy_supervisor", "pathology_supervisor", "select_anatomies",
+           "select_pathologies", "sentence_supervisor"]

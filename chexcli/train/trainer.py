@@ -36,6 +36,7 @@ from chexcli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from chexcli.train.data_setup import ShardedBatchSampler, dataset_names, shard_index, text_corpus, training_dataset
 from chexcli.train.distributed import DistInfo
 from chexcli.train.freezing import apply_freezing
+from chexcli.train.loss_terms import RunningSums
 from chexcli.train.metrics_log import MetricsLog
 from chexcli.train.model_setup import build_model
 from chexcli.train.objective import make_objective
@@ -292,12 +293,10 @@ class Trainer:
         lr = self.schedule.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        sums: dict[str, float] = {}
+        sums = RunningSums()
         for m in range(self.data.accumulation):
             batch = next(batches)
-            metrics = self._micro_batch(batch, m)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v / self.data.accumulation
+            sums.add(self._micro_batch(batch, m), divisor=self.data.accumulation)
             self.window_samples += len(batch["x"]) * self.info.world
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.recipe["optim"]["grad_clip"])
@@ -306,9 +305,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.position += 1
-        self.last = {"lr": lr, "grad_norm": grad_norm, **sums}
+        self.last = {"lr": lr, "grad_norm": grad_norm, "sums": sums}
 
-    def _micro_batch(self, batch: dict, m: int) -> dict[str, float]:
+    def _micro_batch(self, batch: dict, m: int) -> dict[str, torch.Tensor]:
         """Forward and backward of micro-batch `m` of the update, seeded from (seed, update, shard)."""
         accumulation = self.data.accumulation
         torch.manual_seed(micro_seed(self.spec.seed, self.step, shard_index(self.info.rank, accumulation, m)))
@@ -322,8 +321,8 @@ class Trainer:
     # --- after an update ------------------------------------------------------------------------
     def log_if_due(self) -> None:
         """The progress bar after every update; a `train` record every `run.log_every` updates."""
-        last, rate = dict(self.last), None
-        lr, grad_norm = last.pop("lr"), last.pop("grad_norm")
+        lr, grad_norm, rate = self.last["lr"], self.last["grad_norm"], None
+        last = self.last["sums"].floats()  # the only device synchronisation of an update
         if self.step % self.recipe["run"]["log_every"] == 0 or self.step == self.max_steps:
             now = time.perf_counter()
             rate = self.window_samples / max(now - self.window_start, 1e-9)

@@ -25,6 +25,7 @@ import torch
 
 from chexcli.data.dataset import ChexDataset, collate
 from chexcli.train.data_setup import find_folder
+from chexcli.train.loss_terms import RunningSums
 
 
 def _loader(folder: Path, config: str, batch_size: int):
@@ -44,18 +45,16 @@ def validation_loss(objective, folder: Path, config: str, batch_size: int, cap: 
         saved = (weights.pathology_detection, weights.pathology_classification)
         weights.pathology_detection = weights.pathology_classification = 0.0
     torch.manual_seed(seed)
-    sums: dict[str, float] = {}
+    sums = RunningSums()
     n = 0
     try:
         for batch in islice(_loader(folder, config, batch_size), cap):
-            _, metrics = objective(batch)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
+            sums.add(objective(batch)[1])
             n += 1
     finally:
         if saved is not None:
             weights.pathology_detection, weights.pathology_classification = saved
-    return {f"val/{k}": v / max(1, n) for k, v in sums.items()}
+    return {f"val/{k}": v / max(1, n) for k, v in sums.floats().items()}
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from chexcli.boxes import generalized_box_iou
-from chexcli.train.losses import (anatomy_classification_loss, binary_focal_loss, box_cost,
+from chexcli.train.losses import (BoxCoefficients, anatomy_classification_loss, binary_focal_loss, box_cost,
                                   expected_count_subsample, generation_loss,
                                   global_contrastive_loss, masked_mse_loss, multi_box_loss, negative_class_subset,
                                   pathology_classification_loss, pathology_detection_loss,
@@ -48,7 +48,7 @@ def test_box_cost_pairwise():
     assert cost.shape == (1, 2, 3)
     assert close(cost[0, 0, 0], 0.0) and close(cost[0, 1, 1], 0.0)
     assert close(cost[0, 0, 1], NESTED_PAIR_LOSS) and close(cost[0, 1, 0], NESTED_PAIR_LOSS)
-    assert close(box_cost(pred, target, l1_coeff=1.0, giou_coeff=0.0)[0, 0, 1], 0.4)
+    assert close(box_cost(pred, target, BoxCoefficients(l1=1.0, giou=0.0))[0, 0, 1], 0.4)
 
 
 def test_single_box_loss_every_box_to_the_target_present_only():

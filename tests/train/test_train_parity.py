@@ -301,7 +301,7 @@ def test_pathology_detection_skips_samples_without_box_flags(bundle):
     results = []
     for b in (label_only, without):
         torch.manual_seed(1234)
-        results.append(objective(b)[1])
+        results.append({k: float(v) for k, v in objective(b)[1].items()})
     for name in ("l_cls/box_loss", "l_cls/weights_loss"):
         assert results[0][name] == pytest.approx(results[1][name], rel=1e-5), name
 
