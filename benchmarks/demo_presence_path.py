@@ -17,7 +17,7 @@ options) with the test-split AUROC per finding class of:
   linear   a linear head on the aggregated query feature (only with --objective linear)
 
 Options:
-  --objective prompt   the reference's image-level classification loss (TRAINING.md §7.3.3)
+  --objective prompt   the reference's image-level classification loss (docs/training.md#losses)
   --objective linear   binary cross-entropy of a linear head on the same features: the easiest
                        objective the path could be given
   --detection W        add the pathology detection loss (matched boxes + weight focal loss) at W

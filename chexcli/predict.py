@@ -165,7 +165,7 @@ class Predictor:
 
     @torch.inference_mode()
     def report(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[dict[str, Any]]:
-        """Full reports (EVALUATION.md §8: 14 CheXpert + 15 anatomy queries, region selection,
+        """Full reports (docs/evaluation.md#report-generation: 14 CheXpert + 15 anatomy queries, region selection,
         sentence generation, synonym removal), deterministic (no multibox dropping).
 
         Returns per image a dict with `report`, `width`, `height` and `queries` whose boxes are

@@ -14,7 +14,7 @@ Three checks, each measured on the test split of a synthetic processed folder
   "Nodule/Mass") is detected with the model's positive pathology prompts (synonym mean);
   one detection per image and class: of the prompt's R candidate boxes, the one with the
   highest score, scored as the paper's detection inference scores a candidate
-  (EVALUATION.md §3.2 with both factors on): its weight times the probability of the
+  (docs/evaluation.md#object-detection, with both factors on): its weight times the probability of the
   positive over the negative ("No ...") pathology prompt, sigmoid(cos(h, p) - cos(h, n))
   of the candidate's feature h. (The hull of the present candidates, used for anatomy,
   would merge a small nodule with the other candidates.) Measured: AP at IoU >= 0.5

@@ -1,4 +1,4 @@
-"""Box post-processing of detection candidates (EVALUATION.md §2.6), NumPy.
+"""Box post-processing of detection candidates (docs/evaluation.md#box-post-processing), NumPy.
 
 Boxes are (M, 4) center format normalised to the 224 x 224 input.
 """

@@ -1,4 +1,4 @@
-"""Full-report assembly from region sentences (EVALUATION.md §8.3).
+"""Full-report assembly from region sentences (docs/evaluation.md#report-generation).
 
 Per image: detect the pathology and anatomy queries (post-decoder on,
 multibox dropping as configured), classify each query's feature against the

@@ -114,7 +114,7 @@ class _Empty:
 
 
 class RegionSentenceExtras:
-    """METEOR_ratio and METEOR on normal / abnormal regions (RE on CIG, §10.4.3)."""
+    """METEOR_ratio and METEOR on normal / abnormal regions (RE on CIG, docs/evaluation.md#region-explanation)."""
 
     def __init__(self, preds, refs, units, normal, meteor):
         self.meteor, self.n_units = meteor, len(units)

@@ -1,4 +1,4 @@
-"""optimize_inference (EVALUATION.md §6): tune post-processing on val-split records.
+"""optimize_inference (docs/evaluation.md#tuning-post-processing): tune post-processing on val-split records.
 
 Detection: (1) per-class box scale in SCALES (each class keeps the scale with
 its best mean-over-thresholds AP, ties -> the later, larger scale); (2) the

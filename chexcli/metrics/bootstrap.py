@@ -1,4 +1,4 @@
-"""Bootstrapping as the reference does it (EVALUATION.md §7), plus the point
+"""Bootstrapping as the reference does it (docs/evaluation.md#bootstrapping), plus the point
 estimate on the full set and a 95 % percentile interval.
 
 A metric is any object with `n_units` and `compute(idx) -> dict[str, float]`,

@@ -1,4 +1,4 @@
-"""Clinical efficacy with the CheXbert labeler (EVALUATION.md §10.5).
+"""Clinical efficacy with the CheXbert labeler (docs/evaluation.md#chexbert).
 
 The labeler is BERT (base, uncased) with 14 linear heads on the [CLS]
 state: 13 four-way heads {0 blank, 1 positive, 2 negative, 3 uncertain}

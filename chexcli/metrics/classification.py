@@ -1,5 +1,5 @@
 """Classification metrics with the reference's (torchmetrics 0.11) semantics,
-EVALUATION.md §10.3, written without torchmetrics.
+docs/evaluation.md#classification-metrics, written without torchmetrics.
 
 All metrics are sums over units, so they are computed from unit weights
 w (N,) = how often each unit was drawn (ones for the point estimate): counts
@@ -129,7 +129,7 @@ def label_ranking_ap_per_sample(scores: np.ndarray, targets: np.ndarray) -> np.n
 
 
 class MultiClassMetrics:
-    """Multi-class classification of units (MS-CXR GT boxes), §10.3.2.
+    """Multi-class classification of units (MS-CXR GT boxes), docs/evaluation.md#classification-metrics.
 
     probs (N, C) class probabilities (not renormalised), targets (N,) int.
     Keys: `auroc` (macro one-vs-rest), `acc` (macro recall over all classes),
@@ -162,7 +162,7 @@ class MultiClassMetrics:
 
 
 class RegionMultiLabelMetrics:
-    """Multi-label classification of regions (Chest ImaGenome), §10.3.3.
+    """Multi-label classification of regions (Chest ImaGenome), docs/evaluation.md#classification-metrics.
 
     probs (N, A, C), targets (N, A, C) {0, 1}, present (N, A) bool; unit = image.
     """

@@ -1,4 +1,4 @@
-"""Box average precision with the reference's semantics (EVALUATION.md §10.1).
+"""Box average precision with the reference's semantics (docs/evaluation.md#box-ap).
 
 * IoU thresholds t in {0.1, ..., 0.7}; a prediction matches a GT box of its
   class in the same image only if IoU > t (strict).

@@ -1,4 +1,4 @@
-"""Sentence-grounding metrics (EVALUATION.md §4.4, §10.2).
+"""Sentence-grounding metrics (docs/evaluation.md#sentence-grounding, docs/evaluation.md#mask-iou).
 
 Reference (dataset-pooled) mask IoU: for a score threshold tau, every
 sentence rasterises the union of its predicted boxes with score > tau and

@@ -1,4 +1,4 @@
-"""Natural-language-generation metrics through pycocoevalcap (EVALUATION.md §10.4).
+"""Natural-language-generation metrics through pycocoevalcap (docs/evaluation.md#nlg-metrics).
 
 Input handling as the reference: texts are stripped, pairs with an empty
 reference are dropped, then both sides are normalised like Nicolson et al.

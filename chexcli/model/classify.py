@@ -1,4 +1,4 @@
-"""Region classification against positive / negative prompt embeddings (ARCHITECTURE.md §8)."""
+"""Region classification against positive / negative prompt embeddings (docs/architecture.md#region-classification)."""
 
 from __future__ import annotations
 

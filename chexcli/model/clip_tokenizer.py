@@ -1,4 +1,4 @@
-"""CLIP byte-level BPE tokenizer for the prompt encoder (ARCHITECTURE.md section 4.1).
+"""CLIP byte-level BPE tokenizer for the prompt encoder (docs/architecture.md#clip-tokenizer).
 
 Built from OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` merge list (or a Hugging Face
 ``vocab.json`` + ``merges.txt`` folder). Vocabulary layout, for ``M`` merges:

@@ -3,7 +3,7 @@
 A region feature f (d) goes through the prefix MLP (Linear d -> 4d, GELU,
 Linear 4d -> F_p * L * 2 * D) and is rearranged into F_p key/value positions
 for every GPT-2 layer (flat index order: prefix position, layer, key/value,
-head, head dim; ARCHITECTURE.md §7.2). Decoding is greedy from the
+head, head dim; docs/architecture.md#prefix-layout). Decoding is greedy from the
 end-of-text token with position ids starting at `position_offset`.
 """
 

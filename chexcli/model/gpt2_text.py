@@ -1,4 +1,4 @@
-"""GPT-2 tokenizer helpers for the sentence generator (ARCHITECTURE.md sections 7.1 and 7.4).
+"""GPT-2 tokenizer helpers for the sentence generator (docs/architecture.md#gpt-2-and-its-tokenizer).
 
 * :func:`load_gpt2_tokenizer` loads a byte-level BPE tokenizer from local files only.
 * :func:`decode_generated` turns generated id rows into sentences exactly like the

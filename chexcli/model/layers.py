@@ -1,6 +1,6 @@
 """Building blocks shared by the ChEX components.
 
-Parameter names follow the official checkpoint layout (ARCHITECTURE.md §11),
+Parameter names follow the official checkpoint layout (docs/architecture.md#official-checkpoint),
 so official weights load by name: packed attention projections
 (`in_proj_weight`, `out_proj`), MLPs as a `layers` Sequential whose Linear
 layers sit at indices 0, 3, ... (Linear, act, Dropout, ..., Linear, Dropout).
@@ -87,7 +87,7 @@ class MultiheadAttention(nn.Module):
 
 
 def combine_self_attention_masks(block: Tensor | None, valid: Tensor | None) -> Tensor | None:
-    """The reference's effective self-attention rule (ARCHITECTURE.md §5.2.1).
+    """The reference's effective self-attention rule (docs/architecture.md#self-attention-masking).
 
     block: (L, L) bool, True where token j may attend to token l (block diagonal);
     valid: (N, L) bool, True for real (unpadded, not dropped) tokens.

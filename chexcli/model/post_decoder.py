@@ -1,4 +1,4 @@
-"""Post decoder: refines region features with context (ARCHITECTURE.md §6)."""
+"""Post decoder: refines region features with context (docs/architecture.md#post-decoder)."""
 
 from __future__ import annotations
 

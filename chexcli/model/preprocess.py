@@ -1,6 +1,6 @@
 """Image preprocessing of the reference evaluation transform ("rect_center") and box mapping.
 
-Per image (ARCHITECTURE.md §2):
+Per image (docs/architecture.md#image-input):
 
 1. grayscale float32 in [0, 1] (see :mod:`chexcli.data.images.readers`);
 2. optional MIMIC-style pre-downsampling (:func:`area_downsample_256`): shortest side to
@@ -12,7 +12,7 @@ Per image (ARCHITECTURE.md §2):
 4. ``(x - 0.505) * float32(1 / 0.248)``.
 
 Boxes given in pixels of the original image map to the model's normalised centre
-format ``(x_c, y_c, w, h)`` relative to the square crop (§9) with
+format ``(x_c, y_c, w, h)`` relative to the square crop (docs/architecture.md#box-formats) with
 :func:`pixel_boxes_to_model`; :func:`model_boxes_to_pixels` is its exact inverse.
 The mapping uses the same integer crop offsets as the pixels, so boxes and pixels align
 exactly (the reference's datasets shift by the un-floored half difference, a sub-pixel
@@ -365,7 +365,7 @@ def pixel_boxes_to_model(boxes_xyxy, info: CropInfo) -> np.ndarray:
     """Map pixel corner boxes of the original image to normalised centre format.
 
     Corners are clipped to the square crop ``[x0, x0 + s] x [y0, y0 + s]``, shifted by the
-    integer crop offsets and divided by s (ARCHITECTURE.md §9). A box that lies entirely
+    integer crop offsets and divided by s (docs/architecture.md#box-formats). A box that lies entirely
     in the cropped-away margin gets zero width or height.
 
     Args:

@@ -1,6 +1,6 @@
 """Prompt encoder: the CLIP text tower plus tokenisation, an embedding cache and prompt dictionaries.
 
-ARCHITECTURE.md §4: a name's embedding is the mean of the (unnormalised)
+docs/architecture.md#prompt-embeddings: a name's embedding is the mean of the (unnormalised)
 embeddings of its synonym prompts; sentences are embedded as they are.
 """
 
@@ -94,7 +94,7 @@ class PromptEncoder(TextTransformer):
     def encode_pos_neg_prompts(self, names: list[str], pos_dict: dict[str, list[str]],
                                neg_dict: dict[str, list[str]] | None = None, mode: str = "neg",
                                no_finding: list[str] | None = None) -> tuple[Tensor, Tensor]:
-        """Positive (C, d) and negative (C, d) embeddings; `mode` as ARCHITECTURE.md §4.5."""
+        """Positive (C, d) and negative (C, d) embeddings; `mode` as docs/architecture.md#positive-and-negative-prompts."""
         pos, _ = self.encode_prompts(pos_dict, names)
         c = len(names)
 

@@ -1,7 +1,7 @@
 """Training data: match `--data` folders to a recipe's dataset configurations, and a resumable sampler.
 
 `find_folder` looks for `<table>.train.csv` of a configuration in the given
-folders (DATASETS.md / docs/data.md file names). `ShardedBatchSampler`
+folders (docs/data.md file names). `ShardedBatchSampler`
 splits every update's global batch into W x accumulation shards (W
 processes): shard `rank * accumulation + micro` goes to that process's
 micro-batch `micro`. A single process with accumulation 2 and two processes
@@ -48,7 +48,7 @@ def check_folders(folders: list[Path]) -> None:
 
 
 AUGMENTATION = {  # TrainTransform options per recipe `data.augmentation`
-    "reference": {"crop_scale": (0.5, 1.0), "blur_p": 0.5},  # TRAINING.md §5.1
+    "reference": {"crop_scale": (0.5, 1.0), "blur_p": 0.5},  # docs/training.md#augmentation
     "light": {"crop_scale": (0.85, 1.0), "blur_p": 0.0},  # small models from scratch (the demo)
 }
 
@@ -57,7 +57,7 @@ def training_dataset(folders: list[Path], configs: list[str], size: int, seed: i
                      augment_multiboxes: bool, augmentation: str = "reference"):
     """The recipe's training data: one ChexDataset, or a MixedDataset of several (stage 1).
 
-    augmentation: "reference" (TRAINING.md §5.1), "light" (milder crop, no blur) or "none"
+    augmentation: "reference" (docs/training.md#augmentation), "light" (milder crop, no blur) or "none"
     (the evaluation transform).
     """
     from chexcli.data.transforms import TrainTransform

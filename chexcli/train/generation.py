@@ -1,4 +1,4 @@
-"""Training the sentence generator on region features (TRAINING.md §7.4.4 and §8).
+"""Training the sentence generator on region features (docs/training.md#sentence-generation-targets, docs/training.md#txtgen).
 
 Targets are tokenised as `<|endoftext|>` text `<|endoftext|>`, right-padded to
 the longest target. Two reference quirks are fixed by default (see

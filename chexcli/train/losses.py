@@ -125,14 +125,14 @@ def pathology_detection_loss(pred_boxes: Tensor, weights: Tensor, cls_prob: Tens
 
 # ------------------------------------------------------------------------------------------ contrastive
 def global_contrastive_loss(image: Tensor, text: Tensor, tau: float = 0.2) -> Tensor:
-    """Image-report InfoNCE (§7.1), both directions summed: image (N, d), text (N, d) -> scalar."""
+    """Image-report InfoNCE (docs/training.md#losses), both directions summed: image (N, d), text (N, d) -> scalar."""
     sim = F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t() / tau
     labels = torch.arange(sim.shape[0], device=sim.device)
     return F.cross_entropy(sim, labels) + F.cross_entropy(sim.t(), labels)
 
 
 def sentence_region_contrastive_loss(sentences: Tensor, regions: Tensor, mask: Tensor, tau: float = 0.25) -> Tensor:
-    """Region -> sentence InfoNCE with every valid sentence of the batch as a candidate (§7.1).
+    """Region -> sentence InfoNCE with every valid sentence of the batch as a candidate (docs/training.md#losses).
 
     sentences, regions (N, S, d), mask (N, S) -> mean over samples with a sentence of the
     per-sample mean over its valid sentences.
@@ -152,7 +152,7 @@ def sentence_region_contrastive_loss(sentences: Tensor, regions: Tensor, mask: T
 
 
 def masked_mse_loss(target: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
-    """(§7.1, §7.2.5) squared L2 over d, weighted m / sum(m) per sample, mean over all N samples.
+    """(docs/training.md#losses) squared L2 over d, weighted m / sum(m) per sample, mean over all N samples.
 
     target, pred (N, S, d), mask (N, S); a sample without a valid slot contributes 0.
     """
@@ -166,7 +166,7 @@ def masked_mse_loss(target: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
 
 def negative_class_subset(labels: Tensor, valid: Tensor, n_negatives: int = 10,
                           generator: torch.Generator | None = None) -> Tensor:
-    """The class set K of §7.2.4: labels, valid (N, A, C) -> (C,) bool.
+    """The class set K of docs/training.md#losses: labels, valid (N, A, C) -> (C,) bool.
 
     With C <= n_negatives every class with a valid label; otherwise n_negatives distinct
     classes drawn without replacement with weights (#positive labels of the class) + 1e-7,
@@ -186,7 +186,7 @@ def negative_class_subset(labels: Tensor, valid: Tensor, n_negatives: int = 10,
 def anatomy_classification_loss(features: Tensor, pos: Tensor, neg: Tensor, labels: Tensor, valid: Tensor,
                                 tau: float = 0.25, n_negatives: int = 10,
                                 generator: torch.Generator | None = None) -> Tensor:
-    """Region classification against positive and "No X" prompts (§7.2.4).
+    """Region classification against positive and "No X" prompts (docs/training.md#losses).
 
     features (N, A, d) region features, pos/neg (C, d) prompts, labels (N, A, C) 0/1,
     valid (N, A, C) bool -> scalar. Per region: positives P = {p_c: y=1} u {q_c: y=0, c in K},
@@ -216,7 +216,7 @@ def anatomy_classification_loss(features: Tensor, pos: Tensor, neg: Tensor, labe
 
 def pathology_classification_loss(features: Tensor, pos: Tensor, neg: Tensor, labels: Tensor, mask: Tensor,
                                   tau: float = 0.2) -> Tensor:
-    """Image-level classification over the 2C prompts (§7.3.3).
+    """Image-level classification over the 2C prompts (docs/training.md#losses).
 
     features (N, C, d) aggregated query features, pos/neg (C, d), labels (N, C), mask (N, C)
     -> masked mean over classes per sample, mean over samples with a flagged class.
@@ -238,7 +238,7 @@ def pathology_classification_loss(features: Tensor, pos: Tensor, neg: Tensor, la
 
 # ------------------------------------------------------------------------------------------ subsampling
 def expected_count_subsample(candidates: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-    """Keep each candidate with probability min(1, k / #candidates) (§7.4.1); (K,) bool -> (K,) bool.
+    """Keep each candidate with probability min(1, k / #candidates) (docs/training.md#subsampling); (K,) bool -> (K,) bool.
 
     When nothing is kept, the first k candidates in index order are.
     """
@@ -261,7 +261,7 @@ def expected_count_subsample(candidates: Tensor, k: int, generator: torch.Genera
 def generation_loss(logits: Tensor, ids: Tensor, token_mask: Tensor, include_padding: bool = False) -> Tensor:
     """Next-token cross-entropy: logits (B, L, V) predict ids shifted by one (B, L).
 
-    include_padding=True scores every position (the reference, §7.4.4 step 5); False scores
+    include_padding=True scores every position (the reference, docs/training.md#sentence-generation-targets); False scores
     only real tokens, the final end token included.
     """
     if logits.shape[1] < 2:

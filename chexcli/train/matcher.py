@@ -1,4 +1,4 @@
-"""Balanced Hungarian matching of R predicted boxes to a query's targets (TRAINING.md §7.4.2).
+"""Balanced Hungarian matching of R predicted boxes to a query's targets (docs/training.md#matching).
 
 With fewer targets than predictions, the target columns are replicated and
 each copy j is made more expensive by j * (cost range + 1), so every

@@ -2,7 +2,7 @@
 
 `TrainOptions` is filled by the CLI (chexcli.cli.train builds its options from these fields),
 by `chex demo` and by tests, and taken by `chexcli.train.trainer.train`. An option with a
-`recipe` key overrides that recipe field when given (docs/training.md#recipes).
+`recipe` key overrides that recipe field when given (docs/training.md, "Recipes, --config, --set").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Prompt embeddings used as training queries: anatomy prompts and pathology pos/neg prompts.
 
-TRAINING.md §6.1: with `randomize` one synonym is drawn uniformly per name and
+docs/training.md#training-prompts: with `randomize` one synonym is drawn uniformly per name and
 forward (torch's global RNG, so a resumed run draws the same ones); otherwise
 the mean over the synonyms is used. Names without prompts fall back to the
 name itself ("left lung" -> "Left lung"), so every name has a query.
@@ -66,7 +66,7 @@ class PromptBank:
 
 
 def pathology_banks(class_names: list[str], prompts: dict) -> tuple[PromptBank, PromptBank]:
-    """Positive and negative ("No X") prompt banks of the ChEX model assembly (TRAINING.md §6.1)."""
+    """Positive and negative ("No X") prompt banks of the ChEX model assembly (docs/training.md#training-prompts)."""
     sets = prompts.get("prompt_sets", {})
     assembly = prompts.get("model_prompt_assembly", {})
     placeholders = prompts.get("template_placeholders", {})

@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warm-up from 0, then a single cosine (TRAINING.md §2.3).
+"""Learning-rate schedule: linear warm-up from 0, then a single cosine (docs/training.md#learning-rate-schedule).
 
 The cosine is evaluated at the absolute step (the reference's `warmup_prefix`
 off), so at the end of warm-up the rate drops from base * (w - 1) / w to the

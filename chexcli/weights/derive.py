@@ -1,4 +1,4 @@
-"""Derive a ChexConfig from an official state dict's tensor shapes and its stored config_dict (ARCHITECTURE.md §11, §12, §15)."""
+"""Derive a ChexConfig from an official state dict's tensor shapes and its stored config_dict (docs/architecture.md#official-checkpoint)."""
 
 from __future__ import annotations
 
