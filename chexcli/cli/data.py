@@ -58,7 +58,8 @@ def fetch(
 @app.command()
 def prepare(
     name: str = typer.Argument(..., help="mimic (all four MIMIC sources), mimic-cxr-jpg, mimic-cxr, chest-imagenome, ms-cxr, "
-                                "vindr-cxr, nih-cxr14 or synthetic (generated, no download); short names: mimic-jpg, cig, mscxr, vindr, nih"),
+                                "vindr-cxr, nih-cxr14, synthetic (generated, no download) or custom (your own table, "
+                                "docs/custom-data.md); short names: mimic-jpg, cig, mscxr, vindr, nih"),
     raw: Optional[Path] = typer.Option(None, "--raw", help="raw folder (default: $CHEX_DATA_DIR/<dataset folder>)"),
     out: Optional[Path] = typer.Option(None, "--out", help="processed folder (default: $CHEX_DATA_DIR/<dataset>/processed)"),
     workers: int = typer.Option(2, "--workers", min=1, help="worker processes"),
@@ -66,6 +67,9 @@ def prepare(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
     n: int = typer.Option(4000, "--n", min=1, help="synthetic: number of images"),
     seed: int = typer.Option(0, "--seed", min=0, help="synthetic: seed (same seed and --n, same bytes)"),
+    table: Optional[Path] = typer.Option(None, "--table", help="custom: the CSV or JSONL table (docs/custom-data.md)"),
+    images: Optional[Path] = typer.Option(None, "--images", help="custom: folder the table's image paths are "
+                                          "relative to (default: the table's folder)"),
 ) -> None:
     """Turn raw downloads into a processed folder (tables, uint8 image cache, manifest).
 
@@ -76,6 +80,8 @@ def prepare(
     Example: chex data prepare mimic --raw ~/datasets/MIMIC-CXR --out ~/datasets/MIMIC-CXR/processed --workers 8
 
     Example: chex data prepare synthetic --n 4000 --seed 0 --out data/synthetic
+
+    Example: chex data prepare custom --table cases.csv --images xrays/ --out data/mine
     """
     from chexcli.data.prepare.dispatch import prepare as do_prepare
     from chexcli.data.sources import default_out, default_raw, resolve_name
@@ -84,8 +90,11 @@ def prepare(
     name = resolve_name(name)
     if size not in (256, 512):
         raise ChexError("--cache-size must be 256 or 512")
-    res = do_prepare(name, raw or default_raw(name), out or default_out(name), workers=workers,
-                     side=size, n=n, seed=seed)
+    if name == "custom":
+        res = _prepare_custom(table, images, out, workers, size)
+    else:
+        res = do_prepare(name, raw or default_raw(name), out or default_out(name), workers=workers,
+                         side=size, n=n, seed=seed)
     for m in res.messages:
         typer.echo(m, err=True)
     if as_json:
@@ -100,6 +109,26 @@ def prepare(
                                (res.skipped_reports, "report(s)", res.skipped_reports_file)) if n]
     if lost:
         raise ChexError("; ".join(lost), exit_code=1)
+
+
+def _prepare_custom(table: Optional[Path], images: Optional[Path], out: Optional[Path], workers: int, size: int):
+    """`prepare custom`: every problem of the table on its own line (stderr), then the one-line error."""
+    from chexcli.data.prepare.custom import summary
+    from chexcli.data.prepare.custom_table import TableProblems
+    from chexcli.data.prepare.dispatch import prepare as do_prepare
+    from chexcli.errors import ChexError
+
+    if table is None or out is None:
+        raise ChexError("chex data prepare custom needs --table FILE and --out DIR (and --images DIR unless the "
+                        "image paths are relative to the table's folder); see docs/custom-data.md")
+    try:
+        res = do_prepare("custom", Path("."), out, workers=workers, side=size, table=table, images=images)
+    except TableProblems as err:
+        for line in err.lines():
+            typer.echo(line, err=True)
+        raise
+    res.messages[:0] = summary(res)
+    return res
 
 
 @app.command()

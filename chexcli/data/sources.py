@@ -48,7 +48,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
 ]}
 
 MIMIC_PARTS = ("mimic-cxr-jpg", "mimic-cxr", "chest-imagenome", "ms-cxr")
-PREPARE_NAMES = ("mimic",) + tuple(SOURCES) + ("synthetic",)  # synthetic: generated, no raw data
+# synthetic: generated, no raw data; custom: the user's own table (docs/custom-data.md)
+PREPARE_NAMES = ("mimic",) + tuple(SOURCES) + ("synthetic", "custom")
 
 #: the short names users type -> canonical names (compared case-insensitively, "_" as "-")
 SHORT_NAMES = {
@@ -84,7 +85,7 @@ def get_source(name: str) -> Source:
 
 
 def default_raw(name: str) -> Path:
-    if name == "synthetic":  # nothing is read
+    if name in ("synthetic", "custom"):  # nothing is read (custom: --table and --images)
         return data_root() / "synthetic"
     if name == "mimic":
         return data_root() / "MIMIC-CXR"

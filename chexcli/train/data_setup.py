@@ -24,6 +24,7 @@ from chexcli.errors import ChexError
 PREPARE_HINT = {
     "vindrcxr_boxes": "chex data prepare vindr-cxr", "vindrcxr_boxes_top15": "chex data prepare vindr-cxr",
     "nih8_boxes": "chex data prepare nih-cxr14",
+    "custom_boxes": "chex data prepare custom --table FILE --images DIR --out DIR",
 }
 
 

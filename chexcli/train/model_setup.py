@@ -37,6 +37,7 @@ from chexcli.model.conv_encoder import sincos_positions
 from chexcli.model.gpt2_text import build_tiny_gpt2_tokenizer
 from chexcli.model.presets import model_config as preset_model_config
 from chexcli.model.presets import preset
+from chexcli.train.data_prompts import model_prompts
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -239,9 +240,11 @@ def build_model(stage: str, init: Path | None, init_generator: Path | None, mode
 
 
 def assemble(plan: Blueprint, model_recipe: dict[str, Any] | None) -> ChEX:
-    """Build the blueprint's model and copy its components in."""
+    """Build the blueprint's model and copy its components in; its prompts are the packaged ones plus
+    the custom finding prompts of its sources and data (chexcli.train.data_prompts)."""
+    prompts = model_prompts(default_prompts(), [source for _, source, _ in plan.copies], model_recipe)
     model = ChEX(regularised(plan.config, model_recipe), plan.clip_tokenizer, plan.gpt2_tokenizer,
-                 prompts=default_prompts(), provenance={"architecture": plan.arch.to_dict()})
+                 prompts=prompts, provenance={"architecture": plan.arch.to_dict()})
     for component, source, where in plan.copies:
         _copy(model, source, component, where)
     if plan.random_positions:

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from chexcli.errors import ChexError
+from chexcli.train.data_prompts import with_data_prompts
 from chexcli.train.data_setup import check_folders
 from chexcli.train.options import TrainOptions
 from chexcli.train.recipe import resolve_recipe
@@ -63,6 +64,7 @@ def _new_run(opts: TrainOptions) -> RunSpec:
     recipe = resolve_recipe(opts.stage, opts.config, opts.sets, opts.recipe_overrides(), opts.profile)
     folders = [Path(p).resolve() for p in opts.data]
     check_folders(folders)
+    recipe = with_data_prompts(recipe, folders)  # new finding names of a custom folder
     for option, path in (("--init", opts.init), ("--init-generator", opts.init_generator)):
         if path is not None and not Path(path).is_dir():
             raise ChexError(f"{option} {path} is not a bundle folder; pass RUN_DIR/bundle of an earlier run "
@@ -81,6 +83,7 @@ def _resumed_run(opts: TrainOptions) -> RunSpec:
     if opts.changes_recipe():
         wanted = resolve_recipe(stage, opts.config, opts.sets, opts.recipe_overrides(),
                                 opts.profile or saved.get("profile"))
+        wanted = with_data_prompts(wanted, [Path(p) for p in saved["data"]])
         if wanted != recipe:
             raise ChexError(f"--resume {folder}: the given options change its configuration; resume without "
                             "--set/--config/--max-steps/... or start a new run")

@@ -10,6 +10,7 @@ Configurations (docs/data.md#loading, :mod:`.configs`):
 ``mscxr_boxsent``                       MS-CXR finding boxes (8 classes) and their sentences
 ``vindrcxr_boxes`` / ``_top15``         VinDr-CXR boxes and labels (22 / 15 classes)
 ``nih8_boxes``                          NIH boxes (8 classes)
+``custom_boxes``                        finding boxes and labels of a custom folder (its own classes)
 =====================================  ==========================================================
 
 Boxes are returned in relative centre format ``(x_c, y_c, w, h)`` after the transform.
@@ -26,11 +27,12 @@ import torch
 from torch.utils.data import Dataset
 
 from chexcli.data.dataset.boxes import to_center, to_relative, valid_boxes
-from chexcli.data.dataset.configs import SPLIT_FILE, DatasetConfig, get_config
+from chexcli.data.dataset.configs import FOLDER_CLASSES, SPLIT_FILE, DatasetConfig, get_config
 from chexcli.data.images.cache import cache_side as default_cache_side
 from chexcli.data.images.cache import open_cache
 from chexcli.data.images.readers import read_image_uint8
 from chexcli.data.names import anatomy_names, class_names, multibox_mapping
+from chexcli.data.processed.findings import folder_class_names
 from chexcli.data.processed.manifest import read_manifest
 from chexcli.data.transforms import EvalTransform, Targets, TrainTransform, laterality_permutation, swap_left_right
 from chexcli.errors import ChexError
@@ -65,7 +67,8 @@ class ChexDataset(Dataset):
         self.anat_names = anatomy_names("cig_default") if self.cfg.anatomy else []
         self.anat_perm = laterality_permutation(self.anat_names) if self.anat_names else None
         self.multi = multibox_mapping("cig_mapping") if self.cfg.multiboxes else {}
-        self.classes = class_names(self.cfg.class_list) if self.cfg.class_list else []
+        self.classes = (folder_class_names(self.folder) if self.cfg.class_list == FOLDER_CLASSES else
+                        class_names(self.cfg.class_list) if self.cfg.class_list else [])
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         if transform == "train":
             transform = TrainTransform(size, swap_laterality=swap_laterality, anatomy_names=self.anat_names)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from chexcli.data.processed.layout import MIMIC_CIG, MIMIC_MSCXR, MIMIC_REPORTS, MIMIC_REPORTS_CIG, NIH, VINDR
+from chexcli.data.processed.layout import (CUSTOM_FINDINGS, MIMIC_CIG, MIMIC_MSCXR, MIMIC_REPORTS, MIMIC_REPORTS_CIG,
+                                           NIH, VINDR)
 from chexcli.errors import ChexError
 
 #: split name -> suffix of its table file
 SPLIT_FILE = {"train": "train", "val": "val", "validate": "val", "test": "test"}
+#: class_list of a configuration whose classes are listed in the folder (custom_findings.json)
+FOLDER_CLASSES = "@folder"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ CONFIGS = {c.name: c for c in [
     DatasetConfig("vindrcxr_boxes_top15", VINDR, class_list="vindrcxr_loc_top15", cls_boxes=True,
                   cls_labels=True),
     DatasetConfig("nih8_boxes", NIH, class_list="nih8", cls_boxes=True, cached=False),
+    DatasetConfig("custom_boxes", CUSTOM_FINDINGS, class_list=FOLDER_CLASSES, cls_boxes=True, cls_labels=True),
 ]}
 
 

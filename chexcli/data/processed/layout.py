@@ -18,6 +18,7 @@ IMAGENOME_INVALID_BOXES = "chest_imagenome-invalid_boxes.csv"
 MSCXR_TABLE = "ms_cxr.csv"
 NIH_VERIFIED = "nih_images_verified.csv"
 SYNTHETIC_TRUTH = "synthetic.csv"  # ground truth of the synthetic images
+CUSTOM_FINDINGS_FILE = "custom_findings.json"  # finding names of a custom folder and their prompts
 
 # composed datasets (table prefixes)
 MIMIC_REPORTS = "mimic-cxr-frontal-report"
@@ -26,6 +27,7 @@ MIMIC_CIG = "mimic-cxr-frontal-cig_anatboxes-cig_anatlabels-cig_anatphrases"
 MIMIC_MSCXR = "mimic-cxr-frontal-mscxr_boxesonly-mscxr_valtotest-mscxr_traintoval"
 VINDR = "vindrcxr"
 NIH = "nih_cxr"
+CUSTOM_FINDINGS = "custom_findings"  # finding boxes of `chex data prepare custom` (docs/custom-data.md)
 
 #: split value in a table -> suffix of its split file
 SPLITS = {"train": "train", "validate": "val", "test": "test"}
