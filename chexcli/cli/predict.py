@@ -24,24 +24,21 @@ Examples:
   chex predict scans/ --model bundles/chex --box 120,80,400,360 --json > predictions.jsonl
 
   chex predict cxr.png --model bundles/chex --prompt "cardiomegaly" --literal --name literal
+
+  find scans -name '*.dcm' | chex predict - --model bundles/chex --prompt "pleural effusion" --json
+
+  chex predict --queries study.csv --model bundles/chex --name job --shard 3/8 --resume
 """
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
     """'x1,y1,x2,y2' -> four floats (one-line error otherwise)."""
-    parts = [p for p in text.replace(" ", "").split(",") if p != ""]
+    from chexcli.predict_jobs import parse_box_text
+
     try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise ChexError(f"--box {text!r}: give four numbers x1,y1,x2,y2")
-    x1, y1, x2, y2 = values
-    if not all(v == v and abs(v) != float("inf") for v in values):
-        raise ChexError(f"--box {text!r}: coordinates must be finite numbers")
-    if x2 <= x1 or y2 <= y1:
-        raise ChexError(f"--box {text!r}: need x2 > x1 and y2 > y1 (corners x1,y1,x2,y2)")
-    return values
+        return parse_box_text(text, f"--box {text!r}")
+    except ValueError as err:
+        raise ChexError(str(err)) from None
 
 
 def _is_image_file(f: Path) -> bool:
@@ -81,7 +78,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def predict(
-    images: list[str] = typer.Argument(..., help="Image files (JPEG, PNG, DICOM), folders or glob patterns."),
+    images: Optional[list[str]] = typer.Argument(None, help="Image files (JPEG, PNG, DICOM), folders or glob "
+                                                 "patterns; - reads paths from standard input, one per line."),
+    queries: Optional[str] = typer.Option(None, "--queries", "-q", metavar="FILE",
+                                          help="A CSV or JSONL table with one row per image: image, prompts, "
+                                               "boxes, id (- reads standard input; see docs/batch.md)."),
     model: Path = typer.Option(..., "--model", "-m", help="Model bundle folder."),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="Text prompt (repeatable)."),
     box: Optional[list[str]] = typer.Option(None, "--box", "-b", help="Box prompt x1,y1,x2,y2 (repeatable)."),
@@ -102,15 +103,27 @@ def predict(
                                       "without the bundle's GPT-2 tokenizer)."),
     report: bool = typer.Option(False, "--report", help="Also write a full report (14 CheXpert + 15 anatomy "
                                 "queries, region selection, synonym removal) with each sentence's box."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run folder --out/--name: images whose lines "
+                                "are complete in predictions.jsonl are skipped."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Predict only shard K of N (a "
+                                        "contiguous block of the input); shards share the run folder --out/--name. "
+                                        "Under torchrun each rank takes its own shard."),
+    workers: int = typer.Option(1, "--workers", min=0, help="Processes that decode images while the model runs "
+                                "(0: decode in this process)."),
 ) -> None:
     """Predict boxes and sentences for text prompts and/or boxes on one or many images.
 
     Writes annotated PNGs and predictions.jsonl into a new run folder.
     """
-    from chexcli.predict_run import run_predict
+    from chexcli.predict_jobs import jobs_from_paths, parse_shard, read_path_list, read_queries, shard_from_environment
+    from chexcli.predict_run import PredictOptions, run_jobs
     from chexcli.runs import check_out_dir, check_run_name
 
-    if not prompt and not box and not report:
+    if not images and not queries:
+        raise ChexError("no images: give image files, folders, - (paths on standard input) or --queries FILE")
+    if images and queries:
+        raise ChexError("give either images or --queries FILE, not both")
+    if not prompt and not box and not report and not queries:
         raise ChexError("no query: give at least one --prompt TEXT or --box x1,y1,x2,y2, or --report")
     if any(not p.strip() for p in prompt or []):
         raise ChexError("empty --prompt: give some text, e.g. --prompt 'left lung opacity'")
@@ -123,11 +136,17 @@ def predict(
     boxes = [parse_box(b) for b in box or []]
     check_run_name(name)
     check_out_dir(out)
-    dev = resolve_device(device)
-    code = run_predict(expand_inputs(images), model, list(prompt or []), boxes, out, name, json_out, dev,
-                       batch_size, dtype, box_format, max_new_tokens, write_images=not no_images,
-                       report=report, literal=literal, sentences=not no_sentences)
-    sys.exit(code)
+    shard_k_n = parse_shard(shard) if shard else shard_from_environment()
+    if queries:
+        jobs = read_queries(queries, list(prompt or []), boxes)
+    else:
+        inputs = read_path_list(sys.stdin) if images == ["-"] else list(images)
+        jobs = jobs_from_paths(expand_inputs(inputs), list(prompt or []), boxes)
+    options = PredictOptions(model_dir=model, out=out, name=name, json_out=json_out, device=resolve_device(device),
+                             batch_size=batch_size, dtype=dtype, box_format=box_format, max_new_tokens=max_new_tokens,
+                             write_images=not no_images, report=report, literal=literal, sentences=not no_sentences,
+                             resume=resume, shard=shard_k_n, workers=workers)
+    sys.exit(run_jobs(jobs, options))
 
 
 predict.__doc__ = (predict.__doc__ or "") + EXAMPLES
