@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -115,6 +116,8 @@ def predict(
 
     Writes annotated PNGs and predictions.jsonl into a new run folder.
     """
+    import torch
+
     from chexcli.predict_jobs import jobs_from_paths, parse_shard, read_path_list, read_queries, shard_from_environment
     from chexcli.predict_run import PredictOptions, run_jobs
     from chexcli.runs import check_out_dir, check_run_name
@@ -142,7 +145,10 @@ def predict(
     else:
         inputs = read_path_list(sys.stdin) if images == ["-"] else list(images)
         jobs = jobs_from_paths(expand_inputs(inputs), list(prompt or []), boxes)
-    options = PredictOptions(model_dir=model, out=out, name=name, json_out=json_out, device=resolve_device(device),
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None and shard_k_n and not shard and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: one GPU per rank
+    options = PredictOptions(model_dir=model, out=out, name=name, json_out=json_out, device=dev,
                              batch_size=batch_size, dtype=dtype, box_format=box_format, max_new_tokens=max_new_tokens,
                              write_images=not no_images, report=report, literal=literal, sentences=not no_sentences,
                              resume=resume, shard=shard_k_n, workers=workers)
