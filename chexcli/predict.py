@@ -105,25 +105,32 @@ class Predictor:
         return [src for src, _ in resolved], torch.stack(
             [self.model.encode_sentences(strings).mean(dim=0) for _, strings in resolved])
 
-    def _preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[CropInfo, ...]]:
-        """N grayscale images -> (N, 224, 224) network input on the device, and their crop geometry."""
+    def preprocess_settings(self) -> dict:
+        """The keyword arguments of `preprocess_image` for this model (for preprocessing elsewhere,
+        e.g. in data-loader workers, then passing `prepared` to predict/report)."""
         cfg = self.model.cfg
-        xs, infos = zip(*(preprocess_image(img, size=cfg.vision.image_size, pixel_mean=cfg.pixel_mean,
-                                           pixel_std=cfg.pixel_std) for img in images))
+        return {"size": cfg.vision.image_size, "pixel_mean": cfg.pixel_mean, "pixel_std": cfg.pixel_std}
+
+    def _preprocess(self, images: Sequence[np.ndarray], prepared=None) -> tuple[torch.Tensor, tuple[CropInfo, ...]]:
+        """N grayscale images -> (N, 224, 224) network input on the device, and their crop geometry.
+        `prepared`: the N (input (S, S), CropInfo) pairs of `preprocess_image`, already computed."""
+        settings = self.preprocess_settings()
+        xs, infos = zip(*(prepared or [preprocess_image(img, **settings) for img in images]))
         return torch.stack(xs).to(self.device), infos
 
     @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray], names: Sequence[str], prompts: Sequence[str] = (),
-                boxes: Sequence[Sequence[Sequence[float]]] | None = None) -> list[ImagePrediction]:
+                boxes: Sequence[Sequence[Sequence[float]]] | None = None, prepared=None) -> list[ImagePrediction]:
         """images: N grayscale arrays (H_i, W_i) in [0, 1]; prompts: shared by all images;
-        boxes: per image a list of pixel boxes (x1, y1, x2, y2), already validated."""
+        boxes: per image a list of pixel boxes (x1, y1, x2, y2), already validated;
+        prepared: optional N `preprocess_image` results for the images (see `preprocess_settings`)."""
         n = len(images)
         if n == 0:
             return []
         boxes = boxes if boxes is not None else [[] for _ in range(n)]
         if not prompts and not any(boxes):
             raise ChexError("nothing to predict: give at least one --prompt or --box")
-        x, infos = self._preprocess(images)
+        x, infos = self._preprocess(images, prepared)
         enc = self.model.encode_image(x)
         results: list[list[QueryResult]] = [[] for _ in range(n)]
         features: list[tuple[int, torch.Tensor]] = []  # (image index, (d)) per query, in order
@@ -164,7 +171,7 @@ class Predictor:
         return [ImagePrediction(names[i], infos[i].width, infos[i].height, results[i]) for i in range(n)]
 
     @torch.inference_mode()
-    def report(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[dict[str, Any]]:
+    def report(self, images: Sequence[np.ndarray], names: Sequence[str], prepared=None) -> list[dict[str, Any]]:
         """Full reports (docs/evaluation.md#report-generation: 14 CheXpert + 15 anatomy queries, region selection,
         sentence generation, synonym removal), deterministic (no multibox dropping).
 
@@ -179,7 +186,7 @@ class Predictor:
             if self.max_new_tokens is not None:
                 task.settings["max_length"] = self.max_new_tokens + 1
             self._report_task = TaskInference(self.model, task, device=self.device)
-        x, infos = self._preprocess(images)
+        x, infos = self._preprocess(images, prepared)
         records = self._report_task({"x": x, "sample_id": list(names)})
         for rec, info in zip(records, infos):
             rec.update(width=info.width, height=info.height)

@@ -230,15 +230,17 @@ class Decoded:
     job: ImageJob
     gray: object = None  # torch.Tensor (H, W) float32 in [0, 1] (shared memory between processes)
     boxes: list = field(default_factory=list)  # pixel boxes, checked against the image
+    prepared: tuple | None = None  # preprocess_image(gray): network input (S, S) and its CropInfo
     error: str | None = None
     box_error: bool = False
 
 
 class DecodeJobs:
-    """A map-style dataset over jobs: item i is `Decoded` for jobs[i] (runs in worker processes)."""
+    """A map-style dataset over jobs: item i is `Decoded` for jobs[i], read, checked and preprocessed
+    for the model (runs in worker processes). `settings`: `Predictor.preprocess_settings()`."""
 
-    def __init__(self, jobs: Sequence[ImageJob], box_format: str):
-        self.jobs, self.box_format = list(jobs), box_format
+    def __init__(self, jobs: Sequence[ImageJob], box_format: str, settings: dict):
+        self.jobs, self.box_format, self.settings = list(jobs), box_format, settings
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -247,13 +249,14 @@ class DecodeJobs:
         import torch
 
         from chexcli.data.images.readers import read_image
+        from chexcli.model.preprocess import preprocess_image
 
         job = self.jobs[i]
         try:
             gray = read_image(job.path)
             h, w = gray.shape
             boxes = check_boxes(_to_user_boxes(list(job.boxes), self.box_format, w, h), w, h)
-            return Decoded(job, torch.from_numpy(gray), boxes)
+            return Decoded(job, torch.from_numpy(gray), boxes, preprocess_image(gray, **self.settings))
         except ChexError as err:
             message = str(err) if str(err).startswith(str(job.path)) else f"{job.path}: {err}"
             return Decoded(job, error=message, box_error=isinstance(err, BoxError))
@@ -263,14 +266,15 @@ def _as_list(batch):
     return batch
 
 
-def decoded_batches(jobs: Sequence[ImageJob], batches: list[list[int]], box_format: str, workers: int):
+def decoded_batches(jobs: Sequence[ImageJob], batches: list[list[int]], box_format: str, settings: dict,
+                    workers: int):
     """Decoded images batch by batch (`batches`: lists of positions in `jobs`), read ahead by
     `workers` processes while the caller predicts."""
     from torch.utils.data import DataLoader
 
     from chexcli.workers import worker_init
 
-    loader = DataLoader(DecodeJobs(jobs, box_format), batch_sampler=batches, collate_fn=_as_list,
+    loader = DataLoader(DecodeJobs(jobs, box_format, settings), batch_sampler=batches, collate_fn=_as_list,
                         num_workers=workers, worker_init_fn=worker_init() if workers else None,
                         prefetch_factor=2 if workers else None)
     return iter(loader)
@@ -393,7 +397,7 @@ def _predict_batches(jobs, batches, finished, predictor, options, files, names, 
     workers = min(options.workers, len(batches)) if len(jobs) > 1 else 0
     todo = sum(len(b) for b in batches)
     with tqdm(total=todo, desc="predict", unit="img", file=sys.stderr, disable=todo < 2) as bar:
-        stream = decoded_batches(jobs, batches, options.box_format, workers)
+        stream = decoded_batches(jobs, batches, options.box_format, predictor.preprocess_settings(), workers)
         while True:
             waited = time.perf_counter()
             batch = next(stream, None)
@@ -425,9 +429,10 @@ def _predict_batch(batch: list[Decoded], finished: set[int], predictor, options,
     for prompts in dict.fromkeys(d.job.prompts for d in readable):
         group = [d for d in readable if d.job.prompts == prompts]
         grays, paths = [d.gray.numpy() for d in group], [str(d.job.path) for d in group]
-        preds = (predictor.predict(grays, paths, list(prompts), [d.boxes for d in group])
+        prepared = [d.prepared for d in group]
+        preds = (predictor.predict(grays, paths, list(prompts), [d.boxes for d in group], prepared=prepared)
                  if prompts or any(d.boxes for d in group) else [None] * len(group))
-        reports = predictor.report(grays, paths) if options.report else [None] * len(group)
+        reports = predictor.report(grays, paths, prepared=prepared) if options.report else [None] * len(group)
         results.update({d.job.index: (pred, rep) for d, pred, rep in zip(group, preds, reports)})
     for d in readable:
         if d.job.index in finished:
