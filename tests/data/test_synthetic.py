@@ -211,3 +211,20 @@ def test_cli_prepare_rerun_and_refusals(tmp_path):
     r = chex("data", "prepare", "synthetic", "--n", N, "--out", other)
     assert r.returncode == 2 and "not empty" in r.stderr
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_reports_do_not_depend_on_the_python_hash_seed(tmp_path):
+    """The same --n and --seed give the same bytes in every process: nothing iterates a set of strings
+    (whose order follows PYTHONHASHSEED) when it writes a report."""
+    import os
+    import subprocess
+    import sys
+
+    tables = []
+    for hash_seed in ("1", "7"):
+        out = tmp_path / f"hash{hash_seed}"
+        subprocess.run([sys.executable, "-m", "chexcli", "data", "prepare", "synthetic", "--n", "150", "--seed", "0",
+                        "--out", str(out)], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        tables.append({p.name: p.read_bytes() for p in out.glob("*.csv")})
+    assert tables[0] == tables[1] and any("report" in name for name in tables[0])

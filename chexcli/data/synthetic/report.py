@@ -149,7 +149,7 @@ def _lungs_clear(text: _Text, sc: Scene, affected: set[str]) -> None:
         return
     for s in clear:
         text.say(text.pick("lung", side=s), [f"{s} {p}" for p in LUNG_PARTS])
-    for s in sides:
+    for s in (s for s in ("right", "left") if s in sides):  # a fixed order: a set's order follows the hash seed
         for p in LUNG_PARTS[1:]:
             if f"{s} {p}" not in affected:
                 text.say(text.pick("zone", zone=f"{s} {p}"), [f"{s} {p}"])
@@ -165,7 +165,7 @@ def _normal_statements(text: _Text, sc: Scene) -> None:
         if not with_it:
             say(pick(kind), [f"right {region}", f"left {region}"])
         else:
-            for s in {"right", "left"} - with_it:
+            for s in (s for s in ("right", "left") if s not in with_it):
                 say(pick(f"{kind}_side", side=s), [f"{s} {region}"])
     say(pick("mediastinum"), ["mediastinum", "upper mediastinum", "aortic arch", "svc", "cavoatrial junction"])
     say(pick("hila"), ["right hilar structures", "left hilar structures"])
@@ -174,7 +174,7 @@ def _normal_statements(text: _Text, sc: Scene) -> None:
     if not fluid:
         say(pick("diaphragm"), ["right hemidiaphragm", "left hemidiaphragm"])
     else:
-        for s in {"right", "left"} - fluid:
+        for s in (s for s in ("right", "left") if s not in fluid):
             say(pick("diaphragm_side", side=s), [f"{s} hemidiaphragm"])
     say(pick("bones"), ["spine", "right clavicle", "left clavicle"])
     say(pick("abdomen"), ["abdomen"])
