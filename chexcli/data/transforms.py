@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-PIXEL_MEAN = 0.505
-PIXEL_STD = 0.248
+from chexcli.model.config import PIXEL_MEAN, PIXEL_STD  # the one home of the pixel statistics
+
 MIN_VISIBILITY = 0.1
 
 

@@ -13,6 +13,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def request(url, data=None, headers=None, method=None):
+    """(status, headers, body bytes) of one request; HTTP errors are returned, not raised."""
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
 def wait_for_server(url: str, proc=None, timeout: float = 60.0) -> None:
     """Poll `url` until it answers 200; fail early with the server's stderr when `proc` exits."""
     deadline = time.monotonic() + timeout

@@ -8,8 +8,6 @@ import json
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -18,6 +16,8 @@ from chexcli.serve.app import ServeLimits
 from chexcli.serve.examples import example_path
 from chexcli.serve.server import ChexServer
 from chexcli.serve.session import ServeSession
+
+from .conftest import request
 
 LIMITS = ServeLimits(head_timeout=1.0, body_timeout=1.0, keep_alive=1, max_waiting=1, decode_workers=1,
                      max_decoding=1, poll_interval=0.05, retry_after=7)
@@ -71,15 +71,6 @@ def statuses(answer: bytes) -> list[int]:
 
 def body_of(answer: bytes) -> dict:
     return json.loads(answer.split(b"\r\n\r\n", 1)[1])
-
-
-def request(url, data=None, headers=None, method=None):
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers, err.read()
 
 
 def test_a_slow_request_head_is_cut_off(server):

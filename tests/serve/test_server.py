@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import pytest
@@ -23,17 +22,7 @@ from chexcli.serve.examples import example_path
 from chexcli.serve.server import ChexServer
 from chexcli.serve.session import ServeSession
 
-from .conftest import free_port
-
-
-def request(url, data=None, headers=None, method=None):
-    """(status, headers, body bytes) of one request; HTTP errors are returned, not raised."""
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers, err.read()
+from .conftest import free_port, request
 
 
 def ask(base, image_id, **question):
