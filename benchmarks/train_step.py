@@ -17,7 +17,8 @@ per stage on stdout:
   peak_rss_gb                      peak resident memory of the stage's process (CPU);
                                    peak_cuda_gb: peak allocated (CUDA)
   tokens                           stage 3: the generator's padded token count per step
-  gflops_per_sample, tflops_per_s, fraction_of_peak   (CUDA) from TRAINING.md §12's FLOP counts
+  gflops_per_sample, tflops_per_s, fraction_of_peak   (CUDA) from the FLOP counts in
+                                   docs/reproduce.md#gpu-hours-to-expect
 
 It prints what it measured and nothing else: compare with another implementation only by
 running both on the same machine.
@@ -202,7 +203,8 @@ def generator_tokens(batch: dict, model) -> int:
 
 
 def stage3_flops_per_sample(batch: dict, model) -> float:
-    """TRAINING.md §12: vision ~23.8 GFLOPs + 3 x 0.71 GFLOPs per decoded token + 3 x 1.01 per prefix vector."""
+    """Vision ~23.8 GFLOPs + 3 x 0.71 GFLOPs per decoded token + 3 x 1.01 per prefix vector
+    (docs/reproduce.md#gpu-hours-to-expect)."""
     cap, n = model.cfg.max_generated_sentences, len(batch["x"])
     n_sent = sum(len(r or []) for r in batch["sentences"] or [])
     n_anat = sum(1 for r in batch["target_anat_sentences"] for p in r if p)

@@ -1,4 +1,4 @@
-"""Parity with the reference implementation on the parity fixture (ARCHITECTURE.md, parity/README.md).
+"""Parity with the reference implementation on the parity fixture (docs/architecture.md, parity/README.md).
 
 The fixture is a tiny checkpoint in the official format plus what the
 reference computed from it. It lives in `shared/reference/parity` next to the

@@ -1,4 +1,4 @@
-"""Loss terms of training (TRAINING.md §7) against answers worked out by hand."""
+"""Loss terms of training (docs/training.md#supervisors to #losses) against answers worked out by hand."""
 
 import math
 

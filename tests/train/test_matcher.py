@@ -1,4 +1,4 @@
-"""Balanced Hungarian matching (TRAINING.md §7.4.2) with R_s = 3 predictions."""
+"""Balanced Hungarian matching (docs/training.md#matching) with R_s = 3 predictions."""
 
 import numpy as np
 import torch

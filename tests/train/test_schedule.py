@@ -1,4 +1,4 @@
-"""Cosine schedule with linear warm-up from 0, cosine at the absolute step (TRAINING.md §2.3)."""
+"""Cosine schedule with linear warm-up from 0, cosine at the absolute step (docs/training.md#learning-rate-schedule)."""
 
 import math
 

@@ -59,7 +59,7 @@ def test_every_stage_exports_a_loadable_bundle(chain):
     assert load_bundle(chain["1"] / "bundle").post_decoder is None
     assert load_bundle(chain["2"] / "bundle").post_decoder is not None
     assert load_bundle(chain["3"] / "bundle").txt_decoder is not None
-    # stage 1 logs every loss term of TRAINING.md §1.3
+    # stage 1 logs every loss term of docs/training.md#supervisors
     keys = set().union(*(json.loads(x) for x in (chain["1"] / "metrics.jsonl").read_text().splitlines()))
     for key in ("l_sent/global_contr", "l_sent/sent_contr", "l_anat/anat_det", "l_anat/anat_cls",
                 "l_cls/patho_cls"):
