@@ -191,7 +191,7 @@ class PredictOptions:
     sentences: bool = True
     resume: bool = False  # continue the run folder out/name (complete lines are kept)
     shard: tuple[int, int] | None = None  # (K, N): this process predicts shard K of N
-    workers: int = 1  # decoding processes (0: decode in this process)
+    workers: int = 0  # decoding processes (0: decode in this process)
 
     def recorded(self) -> dict:
         """What args.json records, and what --resume compares (what changes the output lines)."""

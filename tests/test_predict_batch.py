@@ -121,7 +121,7 @@ def run_until_lines(args, cwd, predictions, n_lines):
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_bundle, scans, tmp_path):
     table = queries_csv(scans)
     common = ["--queries", table, "--model", tiny_bundle, "--max-new-tokens", "4", "--batch-size", "4",
-              "--out", tmp_path / "runs"]
+              "--workers", "1", "--out", tmp_path / "runs"]  # a decoding process, killed with its parent
     r = chex("predict", *common, "--name", "whole", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     whole = tmp_path / "runs/whole"
