@@ -116,8 +116,8 @@ def read_queries(file: str, prompts: Sequence[str] = (), boxes: Sequence[Box] = 
         except (OSError, UnicodeDecodeError) as err:
             raise ChexError(f"--queries {file}: cannot read it as UTF-8 text ({err})") from None
         base, name = path.resolve().parent, file
-    is_jsonl = text.lstrip().startswith("{") if file == "-" or not file.endswith((".csv", ".jsonl", ".json")) \
-        else file.endswith((".jsonl", ".json"))
+    suffix = Path(file).suffix.lower()
+    is_jsonl = suffix in (".jsonl", ".json") or (suffix != ".csv" and text.lstrip().startswith("{"))
     rows = _jsonl_rows(text, name) if is_jsonl else _csv_rows(text, name)
     return _jobs_from_rows(rows, name, base, tuple(prompts), tuple(boxes))
 

@@ -222,6 +222,10 @@ class RunFiles:
     def failed(self) -> Path:
         return self._name("failed", ".txt")
 
+    @property
+    def timing(self) -> Path:
+        return self._name("timing", ".json")
+
 
 @dataclass
 class Decoded:
@@ -388,7 +392,7 @@ def _run_into(files: RunFiles, predictor, jobs: Sequence[ImageJob], options: Pre
     finally:
         sink.close()
     stats.total_s = time.perf_counter() - started
-    return _finish(files, stats, len(jobs), options)
+    return _finish(files, stats, len(jobs))
 
 
 def _predict_batches(jobs, batches, finished, predictor, options, files, names, sink, stats) -> None:
@@ -412,19 +416,13 @@ def _predict_batch(batch: list[Decoded], finished: set[int], predictor, options,
                    multi: bool) -> None:
     """Predict one fixed batch (grouped by identical prompts) and write the lines of its jobs that are
     not done yet, in input order."""
-    readable = []
+    readable = [d for d in batch if d.error is None]  # done ones too: predicted again for the batch's numbers
     for d in batch:
-        if d.job.index in finished:
-            if d.error is None:
-                readable.append(d)  # predicted again (for the batch's numbers) but not written
-            continue
-        if d.error is None:
-            readable.append(d)
-            continue
-        stats.failures.append(d.error)
-        stats.box_errors += d.box_error
-        if multi:
-            print(f"skipped {d.error}", file=sys.stderr)
+        if d.error is not None and d.job.index not in finished:
+            stats.failures.append(d.error)
+            stats.box_errors += d.box_error
+            if multi:
+                print(f"skipped {d.error}", file=sys.stderr)
     results = {}
     for prompts in dict.fromkeys(d.job.prompts for d in readable):
         group = [d for d in readable if d.job.prompts == prompts]
@@ -454,7 +452,7 @@ def _write_result(d: Decoded, pred, rep, options: PredictOptions, files: RunFile
     print(line if options.json_out else "\n".join(_human_lines(record)), flush=True)
 
 
-def _finish(files: RunFiles, stats: RunStats, total: int, options: PredictOptions) -> int:
+def _finish(files: RunFiles, stats: RunStats, total: int) -> int:
     if total and not stats.written and not stats.skipped_done:  # nothing could run: bad input, not a partial failure
         if total == 1:
             raise ChexError(stats.failures[0])
@@ -465,7 +463,7 @@ def _finish(files: RunFiles, stats: RunStats, total: int, options: PredictOption
         files.failed.write_text("\n".join(stats.failures) + "\n")
     else:
         files.failed.unlink(missing_ok=True)
-    (files.folder / files.args.name.replace("args", "timing")).write_text(json.dumps({
+    files.timing.write_text(json.dumps({
         "images_written": stats.written, "images_already_done": stats.skipped_done,
         "images_failed": len(stats.failures), "seconds": round(stats.total_s, 3),
         "waiting_for_input_s": round(stats.wait_s, 3), "waiting_share": round(stats.wait_share, 4)}, indent=1))

@@ -87,6 +87,25 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
+def read_jobs(images: list[str] | None, queries: str | None, prompts: list[str], boxes: list) -> list:
+    """The ImageJobs of the command: a --queries table, else image paths (or `-`: paths on stdin)."""
+    from chexcli.predict_jobs import jobs_from_paths, read_path_list, read_queries
+
+    if queries:
+        return read_queries(queries, prompts, boxes)
+    inputs = read_path_list(sys.stdin) if images == ["-"] else list(images or [])
+    return jobs_from_paths(expand_inputs(inputs), prompts, boxes)
+
+
+def rank_device(dev):
+    """Under torchrun, a bare `cuda` becomes the GPU of this process's LOCAL_RANK."""
+    import torch
+
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return dev
+
+
 def predict(
     images: Optional[list[str]] = typer.Argument(None, help="Image files (JPEG, PNG, DICOM), folders or glob "
                                                  "patterns; - reads paths from standard input, one per line."),
@@ -126,9 +145,7 @@ def predict(
 
     Writes annotated PNGs and predictions.jsonl into a new run folder.
     """
-    import torch
-
-    from chexcli.predict_jobs import jobs_from_paths, parse_shard, read_path_list, read_queries, shard_from_environment
+    from chexcli.predict_jobs import parse_shard, shard_from_environment
     from chexcli.predict_run import PredictOptions, run_jobs
     from chexcli.runs import check_out_dir, check_run_name
 
@@ -150,14 +167,10 @@ def predict(
     check_run_name(name)
     check_out_dir(out)
     shard_k_n = parse_shard(shard) if shard else shard_from_environment()
-    if queries:
-        jobs = read_queries(queries, list(prompt or []), boxes)
-    else:
-        inputs = read_path_list(sys.stdin) if images == ["-"] else list(images)
-        jobs = jobs_from_paths(expand_inputs(inputs), list(prompt or []), boxes)
+    jobs = read_jobs(images, queries, list(prompt or []), boxes)
     dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is None and shard_k_n and not shard and "LOCAL_RANK" in os.environ:
-        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: one GPU per rank
+    if shard_k_n and not shard:  # a torchrun rank
+        dev = rank_device(dev)
     options = PredictOptions(model_dir=model, out=out, name=name, json_out=json_out, device=dev,
                              batch_size=batch_size, dtype=dtype, box_format=box_format, max_new_tokens=max_new_tokens,
                              write_images=not no_images, report=report, literal=literal, sentences=not no_sentences,

@@ -29,12 +29,12 @@ import base64
 import binascii
 import hmac
 import ipaddress
-import json
 import socket
 from typing import Iterable
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 SECURITY_HEADERS = {
@@ -134,11 +134,7 @@ class Guard:
         if refusal is None:
             return await self.app(scope, receive, send_with_headers)
         status, message, extra = refusal
-        body = json.dumps({"error": message}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        await send_with_headers({"type": "http.response.start", "status": status, "headers": headers})
-        await send_with_headers({"type": "http.response.body", "body": body})
+        await JSONResponse({"error": message}, status_code=status, headers=extra)(scope, receive, send_with_headers)
 
     async def refusal(self, headers: Headers) -> tuple[int, str, dict[str, str]] | None:
         """None when the request may pass, else (status, one-line message, extra headers)."""
