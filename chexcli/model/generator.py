@@ -85,6 +85,8 @@ class SentenceGenerator(nn.Module):
         Positions: `teacher_forcing_positions`. With `drop_padding` the padding positions are not
         computed at all (their hidden states are 0): rows of equal length run together without
         padding, which changes nothing at the real positions, since padding is never attended to.
+        Nor is each row's last real position: it predicts what follows the end token, which is
+        never scored, and no earlier position attends to it (causal). Its hidden state is 0 too.
         Use it when padding is not scored.
         """
         lm = self.language_model
@@ -98,9 +100,10 @@ class SentenceGenerator(nn.Module):
             lengths = mask.sum(dim=1)
             for length in sorted(set(lengths.tolist())):
                 rows = (lengths == length).nonzero().squeeze(1)
-                inputs.append(TeacherForcing(ids[rows, :length], positions[rows, :length], mask[rows, :length],
+                run = max(1, length - 1)  # the positions whose next token is real (scored)
+                inputs.append(TeacherForcing(ids[rows, :run], positions[rows, :run], mask[rows, :run],
                                              [k[rows] for k in keys], [v[rows] for v in values]))
-                where.append((j, rows, length))
+                where.append((j, rows, run))
         hidden = lm.teacher_forcing_hidden(inputs)
         if not drop_padding:
             return hidden

@@ -67,8 +67,32 @@ def test_unscored_padding_is_not_computed_but_the_loss_is_the_same(model):
                                cfg.pad_token_id, cfg.max_length)
     dropped, = model.txt_decoder.teacher_forcing_hidden([(call.features, ids, mask)], drop_padding=True)
     full, = model.txt_decoder.teacher_forcing_hidden([(call.features, ids, mask)], drop_padding=False)
-    assert bool((dropped[~mask] == 0).all())  # padding positions were never computed
-    assert torch.allclose(dropped[mask], full[mask], rtol=1e-4, atol=1e-5)
+    scored = torch.zeros_like(mask)
+    scored[:, :-1] = mask[:, 1:]  # positions whose next token is real
+    assert bool((dropped[~scored] == 0).all())  # padding and each row's last real position: never computed
+    assert torch.allclose(dropped[scored], full[scored], rtol=1e-4, atol=1e-5)
     lm = model.txt_decoder.language_model
     assert torch.allclose(teacher_forcing_loss(lm, dropped, ids, mask, False),
                           generation_loss(lm.logits(full), ids, mask, False), rtol=1e-5)
+
+
+def test_dropping_unscored_positions_keeps_every_gradient(model):
+    call = _calls(model)[1]
+    from chexcli.train.generation import encode_targets
+
+    cfg = model.txt_decoder.cfg
+    ids, mask = encode_targets(model.gpt2_tokenizer, call.texts, cfg.bos_token_id, cfg.eos_token_id,
+                               cfg.pad_token_id, cfg.max_length)
+    lm = model.txt_decoder.language_model
+    grads = []
+    for drop in (True, False):
+        model.zero_grad(set_to_none=True)
+        features = call.features.detach().clone().requires_grad_(True)
+        hidden, = model.txt_decoder.teacher_forcing_hidden([(features, ids, mask)], drop_padding=drop)
+        loss = (teacher_forcing_loss(lm, hidden, ids, mask, False) if drop
+                else generation_loss(lm.logits(hidden), ids, mask, False))
+        loss.backward()
+        grads.append([features.grad.clone(), lm.transformer.wte.weight.grad.clone(),
+                      model.txt_decoder.prefix_proj.layers[3].weight.grad.clone()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
