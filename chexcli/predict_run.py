@@ -112,25 +112,37 @@ def strip_pixels(record: dict) -> None:
             r.pop("box_pixels", None)
 
 
+def best_candidate(query: dict) -> dict | None:
+    """The highest-weight region of a text prompt that is not present (none of its R regions is), else None.
+
+    `query` is a record's query dict; the region dict is returned as it is (its `box`, `weight`, ...).
+    """
+    if query.get("type") != "prompt" or query.get("present") or not query.get("regions"):
+        return None
+    return max(query["regions"], key=lambda r: r["weight"])
+
+
+def render_item(query: dict, label: str, with_regions: bool = True) -> dict:
+    """The `draw_predictions` item of a record query (pixel boxes from `box_pixels`): its box or,
+    for a prompt that is not present, its best candidate (drawn dashed); `with_regions` adds the
+    present regions."""
+    present = [r for r in query["regions"] if r["present"]] if with_regions else []
+    item = {"label": label, "sentence": query.get("sentence"), "box": query["box_pixels"],
+            "regions": [r["box_pixels"] for r in present], "region_weights": [r["weight"] for r in present],
+            "score": query["score"]}
+    best = best_candidate(query)
+    if best is not None:
+        item.update(best_box=best["box_pixels"], best_weight=best["weight"])
+    return item
+
+
 def annotate_image(path: Path, gray: np.ndarray, record: dict, target: Path) -> None:
     """Draw the record's boxes and sentences on the image (H, W) in [0, 1] and save the PNG to `target`."""
     from chexcli.render import draw_predictions
 
     image = Image.fromarray(np.clip(gray * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    items = []
-    for q in record.get("report_queries", []):
-        if q["kept"]:
-            items.append({"label": q["prompt"], "sentence": q["sentence"], "box": q["box_pixels"],
-                          "regions": [], "region_weights": [], "score": q["score"]})
-    for q in record["queries"]:
-        items.append({
-            "label": q["prompt"] if q["type"] == "prompt" else "box",
-            "sentence": q.get("sentence"),
-            "box": q["box_pixels"],
-            "regions": [r["box_pixels"] for r in q["regions"] if r["present"]],
-            "region_weights": [r["weight"] for r in q["regions"] if r["present"]],
-            "score": q["score"],
-        })
+    items = [render_item(q, q["prompt"], with_regions=False) for q in record.get("report_queries", []) if q["kept"]]
+    items += [render_item(q, q["prompt"] if q["type"] == "prompt" else "box") for q in record["queries"]]
     draw_predictions(image, items, title=path.name).save(target)
 
 

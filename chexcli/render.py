@@ -10,6 +10,10 @@ size and appends a white legend panel (one wrapped line group per item). Item di
   thinner and dashed, more transparent the lower their ``region_weights`` entry
 * ``region_weights``: optional list of floats in [0, 1], one per region
 * ``score``: float or ``None``
+* ``best_box``: optional ``[x1, y1, x2, y2]`` in pixels, used only when ``box`` is ``None``:
+  the most probable candidate of a prompt none of whose candidates is present, drawn
+  dashed in the item's colour and tagged with ``best_weight`` (a float in [0, 1]); the
+  legend then ends with a footnote saying what a dashed box means
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 MIN_PANEL_WIDTH = 200
 _TEXT = (20, 20, 20)
 _MUTED = (110, 110, 110)
+#: the legend's last line when a dashed best candidate is drawn
+DASHED_NOTE = ("Dashed box: a prompt's most probable region, with its weight; "
+               "it is below the presence threshold, so the prompt is not present.")
 
 
 def item_color(index: int) -> tuple[int, int, int]:
@@ -152,9 +159,23 @@ def _legend_text(index: int, item: dict) -> str:
     sentence = item.get("sentence")
     if sentence:
         head += f": {str(sentence).strip()}"
-    if item.get("box") is None and not item.get("regions"):
+    if item.get("box") is None and item.get("best_box") is not None:
+        head += f" [not present; dashed: best candidate {_best_weight(item)}]"
+    elif item.get("box") is None and not item.get("regions"):
         head += " [no box]"
     return head
+
+
+def _best_weight(item: dict) -> str:
+    """The weight of an item's best candidate as drawn and listed, e.g. "0.31"."""
+    return f"{float(item.get('best_weight') or 0.0):.2f}"
+
+
+def _best_candidate(item: dict, index: int, size: tuple[int, int]):
+    """The dashed best candidate of an item without a box: (x1, y1, x2, y2) clipped to ``size``, or None."""
+    if item.get("box") is not None:
+        return None
+    return _coords(item.get("best_box"), f"item {index + 1} best_box", size)
 
 
 def draw_predictions(
@@ -184,7 +205,8 @@ def draw_predictions(
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     region_w = max(1, line_w // 2)
-    tags = []
+    tags = []  # (item index, box, text after the label: the weight of a dashed best candidate)
+    dashed_drawn = False
     for i, item in enumerate(items):
         color = item_color(i)
         regions = item.get("regions") or []
@@ -203,16 +225,21 @@ def draw_predictions(
         box = _coords(item.get("box"), f"item {i + 1} box", base.size)
         if box is not None:
             draw.rectangle(box, outline=color + (255,), width=line_w)
-            tags.append((i, box))
+            tags.append((i, box, ""))
+        best = _best_candidate(item, i, base.size)
+        if best is not None:
+            _dashed_rectangle(draw, best, color + (255,), line_w, dash=max(4, 4 * line_w))
+            tags.append((i, best, f" {_best_weight(item)}"))
+            dashed_drawn = True
     out = Image.alpha_composite(base.convert("RGBA"), overlay).convert("RGB")
 
     # ---- label tags at the top-left box corner (above the box when there is room)
     draw = ImageDraw.Draw(out)
     tag_font = _font(max(10, int(font_px * 0.85)))
     pad = max(1, font_px // 6)
-    for i, (x1, y1, x2, y2) in tags:
+    for i, (x1, y1, x2, y2), suffix in tags:
         color = item_color(i)
-        text = f"{i + 1} {_short(str(items[i].get('label') or ''), 28)}".strip()
+        text = f"{i + 1} {_short(str(items[i].get('label') or ''), 28)}".strip() + suffix
         tw = _text_width(tag_font, text)
         th = _line_height(tag_font)
         bw, bh = tw + 2 * pad, th + 2 * pad
@@ -239,6 +266,8 @@ def draw_predictions(
         blocks.append((i, _wrap(_legend_text(i, item), font, text_width)))
     if not items:
         blocks.append((-1, _wrap("no predictions", font, panel_w - 2 * margin)))
+    if dashed_drawn:
+        blocks.append((-1, _wrap(DASHED_NOTE, font, panel_w - 2 * margin)))
     panel_h = margin * 2 + sum(len(lines) * lh for _, lines in blocks) + gap * (len(blocks) - 1)
 
     canvas = Image.new("RGB", (panel_w, h + panel_h), (255, 255, 255))

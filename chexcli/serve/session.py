@@ -198,8 +198,11 @@ def parse_boxes(boxes: Sequence[Any]) -> list[tuple[float, float, float, float]]
 def table_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of the results table, in the order (and colours) `chex predict` draws the items.
 
-    Kept report sentences come first, then the prompts, then the boxes.
+    Kept report sentences come first, then the prompts, then the boxes. A prompt that is not
+    present has `best`: its most probable region (`box` in pixels, `weight`), the dashed box of
+    the image; every other row has `best: None`.
     """
+    from chexcli.predict_run import best_candidate
     from chexcli.render import item_color
 
     items = [("report", q) for q in record.get("report_queries", []) if q.get("kept")]
@@ -216,8 +219,18 @@ def table_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
             "score": None if q.get("score") is None else round(float(q["score"]), 3),
             "present": bool(q.get("present")), "box": box,
             "sentence": (q.get("sentence") or "").strip() or None,
+            "best": _best_row(best_candidate(q)),
         })
     return rows
+
+
+def _best_row(region: dict | None) -> dict | None:
+    """A table row's `best`: {"box": [x1, y1, x2, y2] pixels, "weight": as in the JSON}, or None.
+
+    The weight is not rounded, so the page's label (2 decimals) is the one on the PNG."""
+    if region is None:
+        return None
+    return {"box": [round(float(v), 2) for v in region["box"]], "weight": float(region["weight"])}
 
 
 class ServeSession:

@@ -387,6 +387,9 @@ function renderAnswer(answer) {
   $("json").textContent = JSON.stringify(answer.record);
   show("report-box", Boolean(answer.report !== null && answer.report !== undefined));
   $("report-text").textContent = answer.report || "(no sentence was selected for the report)";
+  const dashed = answer.rows.filter((row) => row.best);
+  show("dashed-note", dashed.length > 0);
+  $("annotated").alt = annotatedAlt(dashed);
   const body = $("table").querySelector("tbody");
   body.innerHTML = "";
   for (const row of answer.rows) {
@@ -402,7 +405,7 @@ function renderAnswer(answer) {
     if (row.kind !== "box" && !row.present) {
       const absent = document.createElement("div");
       absent.className = "absent";
-      absent.textContent = "not found on the image";
+      absent.textContent = absentText(row);
       query.appendChild(absent);
     }
     const score = document.createElement("td");
@@ -413,6 +416,23 @@ function renderAnswer(answer) {
     tr.append(num, query, score, sentence);
     body.appendChild(tr);
   }
+}
+
+function absentText(row) {
+  // the table's note under a prompt that is not present; row.best: its most probable region, drawn dashed
+  if (!row.best) return "not found on the image";
+  return `not present; dashed box: its most probable region (weight ${row.best.weight.toFixed(2)}), ` +
+    "below the presence threshold";
+}
+
+function annotatedAlt(dashed) {
+  // text alternative of the annotated image: which items are dashed best candidates
+  let alt = "the X-ray with the predicted boxes";
+  if (dashed.length) {
+    alt += "; dashed, not present: " + dashed.map((row) =>
+      `${row.index} ${row.query} (best candidate ${row.best.weight.toFixed(2)})`).join(", ");
+  }
+  return alt;
 }
 
 // ------------------------------------------------------------------ wiring
