@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chexcli.model.config import DropoutConfig, GeneratorConfig
-from chexcli.model.gpt2 import GPT2LanguageModel, KVCache, TeacherForcing
+from chexcli.model.gpt2 import GPT2LanguageModel, KVCache, PackedRows
 from chexcli.model.layers import MLP
 
 
@@ -69,48 +70,67 @@ class SentenceGenerator(nn.Module):
         All calls run in one pass: the prefix MLP on every call's features at once, then
         `prefixed_hidden`.
         """
-        sizes = [features.shape[0] for features, _, _ in calls]
-        keys, values = self.prefix(torch.cat([features for features, _, _ in calls]) if len(calls) > 1
-                                   else calls[0][0])
-        keys = [k.split(sizes) for k in keys]  # per layer, per call
-        values = [v.split(sizes) for v in values]
-        return self.prefixed_hidden([(ids, mask, [k[j] for k in keys], [v[j] for v in values])
-                                     for j, (_, ids, mask) in enumerate(calls)], drop_padding)
+        features = torch.cat([f for f, _, _ in calls]) if len(calls) > 1 else calls[0][0]
+        keys, values = self.prefix(features)
+        return self.prefixed_hidden([(ids, mask) for _, ids, mask in calls], keys, values, drop_padding)
 
-    def prefixed_hidden(self, calls: list[tuple[Tensor, Tensor, list[Tensor], list[Tensor]]],
+    def prefixed_hidden(self, targets: list[tuple[Tensor, Tensor]], keys: list[Tensor], values: list[Tensor],
                         drop_padding: bool = False) -> list[Tensor]:
-        """GPT-2 over several calls, each (ids (M, L), token_mask (M, L), per-layer prefix keys and
-        values (M, H, P, hd)), in one packed pass -> per call hidden states (M, L, n_embd).
+        """GPT-2 over several calls in one packed pass: per call ids (M_j, L_j) and token_mask
+        (M_j, L_j); per layer prefix keys and values (sum M_j, H, P, hd), rows in call order
+        -> per call hidden states (M_j, L_j, n_embd).
 
         Positions: `teacher_forcing_positions`. With `drop_padding` the padding positions are not
-        computed at all (their hidden states are 0): rows of equal length run together without
-        padding, which changes nothing at the real positions, since padding is never attended to.
-        Nor is each row's last real position: it predicts what follows the end token, which is
-        never scored, and no earlier position attends to it (causal). Its hidden state is 0 too.
-        Use it when padding is not scored.
+        computed at all (their hidden states are 0), which changes nothing at the real positions,
+        since padding is never attended to. Nor is each row's last real position: it predicts
+        what follows the end token, which is never scored, and no earlier position attends to it
+        (causal). Its hidden state is 0 too. Use it when padding is not scored.
         """
-        lm = self.language_model
-        inputs, where = [], []
-        for j, (ids, mask, keys, values) in enumerate(calls):
-            positions = teacher_forcing_positions(mask, self.cfg.position_offset)
-            if not drop_padding:
-                inputs.append(TeacherForcing(ids, positions, mask, keys, values))
-                where.append((j, None, 0))
-                continue
-            lengths = mask.sum(dim=1)
-            for length in sorted(set(lengths.tolist())):
-                rows = (lengths == length).nonzero().squeeze(1)
-                run = max(1, length - 1)  # the positions whose next token is real (scored)
-                inputs.append(TeacherForcing(ids[rows, :run], positions[rows, :run], mask[rows, :run],
-                                             [k[rows] for k in keys], [v[rows] for v in values]))
-                where.append((j, rows, run))
-        hidden = lm.teacher_forcing_hidden(inputs)
-        if not drop_padding:
-            return hidden
-        out = [hidden[0].new_zeros(*ids.shape, hidden[0].shape[-1]) for ids, _, _, _ in calls]
-        for (j, rows, length), h in zip(where, hidden):
-            out[j][rows, :length] = h
+        rows = self._packed_rows(targets, keys, values, drop_padding)
+        hidden = self.language_model.teacher_forcing_hidden(rows)  # (N, n_embd)
+        out, start = [], 0
+        for ids, computed in zip((ids for ids, _ in targets), self._computed(targets, drop_padding)):
+            m, length = ids.shape
+            where = computed.flatten().nonzero().squeeze(1)  # this call's tokens, row after row
+            part = hidden[start:start + where.numel()]
+            out.append(part.new_zeros(m * length, part.shape[-1]).index_copy(0, where, part).view(m, length, -1))
+            start += where.numel()
         return out
+
+    @staticmethod
+    def _computed(targets: list[tuple[Tensor, Tensor]], drop_padding: bool) -> list[Tensor]:
+        """Per call (M_j, L_j) bool: the positions that run through GPT-2 (every one, or with
+        `drop_padding` those whose next token is real)."""
+        if not drop_padding:
+            return [torch.ones_like(mask, dtype=torch.bool) for _, mask in targets]
+        out = []
+        for _, mask in targets:
+            runs = (mask.sum(dim=1) - 1).clamp(min=1)  # (M_j): scored positions per row
+            out.append(torch.arange(mask.shape[1], device=mask.device)[None, :] < runs[:, None])
+        return out
+
+    def _packed_rows(self, targets: list[tuple[Tensor, Tensor]], keys: list[Tensor], values: list[Tensor],
+                     drop_padding: bool) -> PackedRows:
+        """The calls' rows as one `PackedRows`, padded to T = the longest computed row."""
+        computed = self._computed(targets, drop_padding)
+        t = max(int(c.sum(dim=1).max()) for c in computed)
+        ids_rows, pos_rows, real_rows, run_rows = [], [], [], []
+        for (ids, mask), run in zip(targets, computed):
+            width = min(t, ids.shape[1])
+            pad = t - width
+            positions = teacher_forcing_positions(mask, self.cfg.position_offset)
+            ids_rows.append(F.pad(ids[:, :width], (0, pad)))
+            pos_rows.append(F.pad(positions[:, :width], (0, pad)))
+            real_rows.append(F.pad((mask.bool() & run)[:, :width], (0, pad)))
+            run_rows.append(F.pad(run[:, :width], (0, pad)))
+        ids, positions = torch.cat(ids_rows), torch.cat(pos_rows)  # (B, T)
+        real, run = torch.cat(real_rows), torch.cat(run_rows)  # (B, T) bool
+        b, p = ids.shape[0], keys[0].shape[2]
+        causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
+        mask = torch.cat([torch.ones(b, t, p, dtype=torch.bool, device=ids.device),
+                          causal[None] & real[:, None, :]], dim=2)[:, None]  # (B, 1, T, P + T)
+        index = run.flatten().nonzero().squeeze(1)
+        return PackedRows(ids.flatten()[index], positions.flatten()[index], index, (b, t), mask, keys, values)
 
     @torch.no_grad()
     def generate(self, features: Tensor, max_new_tokens: int | None = None, min_new_tokens: int = 0) -> list[Generated]:

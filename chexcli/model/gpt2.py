@@ -113,24 +113,22 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, c)))
 
-    def forward_packed(self, x: Tensor, segments: list["_Segment"], layer: int) -> Tensor:
-        """Training over several calls at once: x (N, c) holds the tokens of every segment, one
-        after the other; each segment attends within itself, after its own prefix."""
+    def forward_packed(self, x: Tensor, rows: "PackedRows", layer: int) -> Tensor:
+        """Training: x (N, c) holds the computed positions of B rows of different lengths, one row
+        after the other. The linear layers run on the N tokens; attention runs once on the rows
+        padded to (B, T), each row after its own prefix (`rows.mask`)."""
         c = x.shape[-1]
         hd = c // self.n_head
-        qkv = self.c_attn(x)  # (N, 3c): one matrix product for every call's tokens
-        outs, start = [], 0
+        b, t = rows.shape
+        qkv = self.c_attn(x)  # (N, 3c): one matrix product for every row's tokens
+        padded = qkv.new_zeros(b * t, 3 * c).index_copy(0, rows.index, qkv).view(b, t, 3 * c)
+        q, k, v = (part.view(b, t, self.n_head, hd).transpose(1, 2) for part in padded.split(c, dim=2))
+        k = torch.cat([rows.prefix_keys[layer], k], dim=2)  # (B, H, P + T, hd)
+        v = torch.cat([rows.prefix_values[layer], v], dim=2)
         p = self.dropout if self.training else 0.0
-        for seg in segments:
-            b, t = seg.shape
-            q, k, v = qkv[start:start + b * t].view(b, t, 3 * c).split(c, dim=2)
-            q = q.view(b, t, self.n_head, hd).transpose(1, 2)
-            k = torch.cat([seg.prefix_keys[layer], k.view(b, t, self.n_head, hd).transpose(1, 2)], dim=2)
-            v = torch.cat([seg.prefix_values[layer], v.view(b, t, self.n_head, hd).transpose(1, 2)], dim=2)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, dropout_p=p)
-            outs.append(y.transpose(1, 2).reshape(b * t, c))
-            start += b * t
-        return self.resid_dropout(self.c_proj(torch.cat(outs) if len(outs) > 1 else outs[0]))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=rows.mask, dropout_p=p)  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(b * t, c).index_select(0, rows.index)  # (N, c)
+        return self.resid_dropout(self.c_proj(y))
 
 
 class _MLP(nn.Module):
@@ -156,31 +154,28 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), cache, layer, mask)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_packed(self, x: Tensor, segments: list["_Segment"], layer: int) -> Tensor:
-        """x (N, n_embd): the tokens of several teacher-forcing calls (see `CausalSelfAttention.forward_packed`)."""
-        x = x + self.attn.forward_packed(self.ln_1(x), segments, layer)
+    def forward_packed(self, x: Tensor, rows: "PackedRows", layer: int) -> Tensor:
+        """x (N, n_embd): the packed tokens of teacher forcing (see `CausalSelfAttention.forward_packed`)."""
+        x = x + self.attn.forward_packed(self.ln_1(x), rows, layer)
         return x + self.mlp(self.ln_2(x))
 
 
 @dataclass
-class _Segment:
-    """One call of a packed teacher-forcing pass: `shape` (B, T), the attention mask (B, 1, T, P + T)
-    and the per-layer prefix keys/values (B, H, P, hd)."""
+class PackedRows:
+    """Teacher forcing over B rows of different lengths in one pass.
 
-    shape: tuple[int, int]
-    mask: Tensor
-    prefix_keys: list[Tensor]
-    prefix_values: list[Tensor]
-
-
-@dataclass
-class TeacherForcing:
-    """The input of one generator call in training: ids, positions, token_mask (B, T) and the
-    per-layer prefix keys/values prefix_keys[l], prefix_values[l] (B, H, P, hd)."""
+    The N tokens are the rows' computed positions, row after row: `ids` and `positions` (N).
+    `index` (N) is each token's place (row * T + position) in the padded (B, T) layout, `shape`
+    (B, T); `mask` (B, 1, T, P + T) bool says which keys a position attends to: its row's prefix
+    and the earlier positions (causal) that are real tokens. prefix_keys[l], prefix_values[l]:
+    (B, H, P, hd) per layer.
+    """
 
     ids: Tensor
     positions: Tensor
-    token_mask: Tensor
+    index: Tensor
+    shape: tuple[int, int]
+    mask: Tensor
     prefix_keys: list[Tensor]
     prefix_values: list[Tensor]
 
@@ -226,37 +221,22 @@ class GPT2LanguageModel(nn.Module):
             x = block(x, cache, i, mask)
         return tr.ln_f(x)
 
-    def teacher_forcing_hidden(self, calls: list[TeacherForcing]) -> list[Tensor]:
-        """Training: several generator calls in one pass -> per call hidden states (B, T, n_embd).
+    def teacher_forcing_hidden(self, rows: PackedRows) -> Tensor:
+        """Training: the packed rows of teacher forcing -> hidden states (N, n_embd) of their tokens.
 
-        Every token sees its call's whole prefix and the earlier real tokens of its row (causal,
-        padding hidden as keys); dropout is active in training mode. The calls' tokens are packed
-        into one (N, n_embd) matrix, so every weight is read once and gets one gradient, not one
-        per call: a call's result is what it would be alone, up to float rounding.
+        Every token sees its row's prefix and the row's earlier real tokens; dropout is active in
+        training mode. The linear layers run on the N tokens only (no padding), so every weight
+        is read once and gets one gradient; attention runs once per layer on the padded rows.
         """
         tr = self.transformer
-        segments = []
-        for call in calls:
-            b, t = call.ids.shape
-            p = call.prefix_keys[0].shape[2]
-            device = call.ids.device
-            causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
-            keys_ok = torch.cat([torch.ones(b, p, dtype=torch.bool, device=device), call.token_mask.bool()], dim=1)
-            mask = torch.cat([torch.ones(t, p, dtype=torch.bool, device=device), causal], dim=1)
-            segments.append(_Segment((b, t), mask[None, None] & keys_ok[:, None, None, :],
-                                     call.prefix_keys, call.prefix_values))
         # one embedding lookup for every token: each lookup's backward builds a dense (vocab x n_embd) gradient
-        ids = torch.cat([call.ids.reshape(-1) for call in calls])
-        positions = torch.cat([call.positions.reshape(-1) for call in calls])
-        x = tr.drop(tr.wte(ids) + tr.wpe(positions))
+        x = tr.drop(tr.wte(rows.ids) + tr.wpe(rows.positions))
         for i, block in enumerate(tr.h):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block.forward_packed, x, segments, i, use_reentrant=False)
+                x = checkpoint(block.forward_packed, x, rows, i, use_reentrant=False)
             else:
-                x = block.forward_packed(x, segments, i)
-        x = tr.ln_f(x)
-        sizes = [seg.shape[0] * seg.shape[1] for seg in segments]
-        return [part.view(*seg.shape, -1) for part, seg in zip(x.split(sizes), segments)]
+                x = block.forward_packed(x, rows, i)
+        return tr.ln_f(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
         if self.head is not None:

@@ -147,7 +147,7 @@ class TxtgenObjective(nn.Module):
         ids, mask = encode_targets(self.model.gpt2_tokenizer, texts, cfg.bos_token_id, cfg.eos_token_id,
                                    cfg.pad_token_id, cfg.max_length, self.keep_end_token)
         ids, mask = ids.to(feats.device), mask.to(feats.device)
-        hidden, = gen.prefixed_hidden([(ids, mask, keys, values)], drop_padding=not self.include_padding)
+        hidden, = gen.prefixed_hidden([(ids, mask)], keys, values, drop_padding=not self.include_padding)
         return teacher_forcing_loss(gen.language_model, hidden, ids, mask, self.include_padding)
 
 
