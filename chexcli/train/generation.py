@@ -117,7 +117,8 @@ def generation_losses(model, calls: list[GenerationCall], include_padding: bool 
 
     Each call is tokenised and padded on its own (to its longest target) and its loss is what it
     would be alone; only the matrix products are shared (`SentenceGenerator.teacher_forcing_hidden`).
-    When padding is not scored it is not computed either.
+    When padding is not scored it is not computed either, and the scored positions of every call
+    go through the output head together (the tied 50,257 x 1,024 weight read once, one gradient).
     """
     gen = model.txt_decoder
     cfg = gen.cfg
@@ -130,10 +131,19 @@ def generation_losses(model, calls: list[GenerationCall], include_padding: bool 
         ids, mask = encode_targets(model.gpt2_tokenizer, call.texts, cfg.bos_token_id, cfg.eos_token_id,
                                    cfg.pad_token_id, cfg.max_length, keep_end_token)
         todo.append((j, call.features, ids.to(call.features.device), mask.to(call.features.device)))
-    if todo:
-        hidden = gen.teacher_forcing_hidden([(f, ids, mask) for _, f, ids, mask in todo],
-                                            drop_padding=not include_padding)
+    if not todo:
+        return losses
+    hidden = gen.teacher_forcing_hidden([(f, ids, mask) for _, f, ids, mask in todo],
+                                        drop_padding=not include_padding)
+    if include_padding:
         for (j, _, ids, mask), h in zip(todo, hidden):
-            losses[j] = teacher_forcing_loss(gen.language_model, h, ids, mask, include_padding)
+            losses[j] = teacher_forcing_loss(gen.language_model, h, ids, mask, include_padding=True)
+        return losses
+    # only scored positions go through the output head, every call's in one product
+    scored = [mask[:, 1:].bool() for _, _, _, mask in todo]
+    rows = [h[:, :-1][s] for h, s in zip(hidden, scored)]  # per call (N_j, n_embd)
+    logits = gen.language_model.logits(torch.cat(rows)).float().split([r.shape[0] for r in rows])
+    for (j, _, ids, _), h, s, part in zip(todo, hidden, scored, logits):
+        losses[j] = F.cross_entropy(part, ids[:, 1:][s]) if part.shape[0] else h.sum() * 0.0
     return losses
 
