@@ -217,6 +217,10 @@ def test_model_functions_and_run_checks(model, synth):
     ground = checks[0]
     assert ground.enforced and not ground.passed and ground.status == "FAIL"  # a random model grounds nothing
     assert checks[3].informational and not checks[3].enforced
+    assert [c.name for c in checks][4:] == ["finding presence (lowest AUROC)", "anatomy prompts drawn as present"]
+    assert all(c.informational and not c.enforced for c in checks[4:])
+    drawn = checks[5].results["measured"]
+    assert drawn["pairs"] > 0 and 0.0 <= drawn["drawn"] <= 1.0
     table = C.format_table(checks)
     assert "FAIL" in table and "threshold" in table and "best constant box" in table
     data = json.loads(json.dumps(C.to_json(checks), allow_nan=False))
@@ -241,3 +245,18 @@ def test_prompt_boxes_fall_back_to_the_hull_of_the_regions():
     present = out.replace(boxes=torch.tensor([[[0.5, 0.5, 0.1, 0.1]]]),
                           boxes_present=torch.ones(1, 1, dtype=torch.bool))
     assert torch.allclose(C.prompt_boxes(present), torch.tensor([[[0.5, 0.5, 0.1, 0.1]]]))
+
+
+def test_presence_auroc_ranks_images_with_the_finding_above_those_without():
+    assert C.presence_auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert C.presence_auroc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == 0.0
+    assert C.presence_auroc([0.5, 0.9, 0.5], [True, False, False]) == 0.25  # one tie counts half
+    assert math.isnan(C.presence_auroc([0.3, 0.4], [True, True]))  # no image without the finding
+
+
+def test_boxes_drawn_counts_only_anatomies_that_are_in_the_image(synth):
+    everywhere = C.anatomy_boxes_drawn(None, synth, max_images=4,
+                                       predict_present=lambda b: torch.ones(len(b["x"]), len(ANAT), dtype=torch.bool))
+    nowhere = C.anatomy_boxes_drawn(None, synth, max_images=4,
+                                    predict_present=lambda b: torch.zeros(len(b["x"]), len(ANAT), dtype=torch.bool))
+    assert everywhere["drawn"] == 1.0 and nowhere["drawn"] == 0.0 and everywhere["pairs"] == nowhere["pairs"] > 0
