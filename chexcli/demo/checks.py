@@ -364,12 +364,10 @@ def presence_auroc(scores, has_finding) -> float:
     """AUROC of per-image presence scores (N) against "the image has the finding" (N bool): the
     chance that an image with the finding scores above one without (ties count half); NaN
     unless both kinds of image occur."""
-    scores, has = np.asarray(scores, dtype=np.float64), np.asarray(has_finding, dtype=bool)
-    pos, neg = scores[has], scores[~has]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    above = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(above / (len(pos) * len(neg)))
+    from chexcli.metrics.classification import binary_auroc
+
+    has = np.asarray(has_finding, dtype=bool)
+    return binary_auroc(scores, has) if has.any() and not has.all() else float("nan")
 
 
 def _short(name: str) -> str:

@@ -86,10 +86,11 @@ class SentenceGenerator(nn.Module):
         what follows the end token, which is never scored, and no earlier position attends to it
         (causal). Its hidden state is 0 too. Use it when padding is not scored.
         """
-        rows = self._packed_rows(targets, keys, values, drop_padding)
+        computed = self._computed(targets, drop_padding)
+        rows = self._packed_rows(targets, computed, keys, values)
         hidden = self.language_model.teacher_forcing_hidden(rows)  # (N, n_embd)
         out, start = [], 0
-        for ids, computed in zip((ids for ids, _ in targets), self._computed(targets, drop_padding)):
+        for (ids, _), computed in zip(targets, computed):
             m, length = ids.shape
             where = computed.flatten().nonzero().squeeze(1)  # this call's tokens, row after row
             part = hidden[start:start + where.numel()]
@@ -109,10 +110,10 @@ class SentenceGenerator(nn.Module):
             out.append(torch.arange(mask.shape[1], device=mask.device)[None, :] < runs[:, None])
         return out
 
-    def _packed_rows(self, targets: list[tuple[Tensor, Tensor]], keys: list[Tensor], values: list[Tensor],
-                     drop_padding: bool) -> PackedRows:
-        """The calls' rows as one `PackedRows`, padded to T = the longest computed row."""
-        computed = self._computed(targets, drop_padding)
+    def _packed_rows(self, targets: list[tuple[Tensor, Tensor]], computed: list[Tensor], keys: list[Tensor],
+                     values: list[Tensor]) -> PackedRows:
+        """The calls' rows as one `PackedRows` (`computed`: per call the positions that run, see
+        `_computed`), padded to T = the longest computed row."""
         t = max(int(c.sum(dim=1).max()) for c in computed)
         ids_rows, pos_rows, real_rows, run_rows = [], [], [], []
         for (ids, mask), run in zip(targets, computed):

@@ -104,11 +104,17 @@ def teacher_forcing_loss(lm, hidden: Tensor, ids: Tensor, token_mask: Tensor, in
     """
     if include_padding:
         return generation_loss(lm.logits(hidden), ids, token_mask, include_padding=True)
-    scored = token_mask[:, 1:].bool()
-    if not bool(scored.any()):
+    rows, targets = scored_positions(hidden, ids, token_mask)
+    if rows.shape[0] == 0:
         return hidden.sum() * 0.0
-    logits = lm.logits(hidden[:, :-1][scored])  # (N_scored, V)
-    return F.cross_entropy(logits.float(), ids[:, 1:][scored])
+    return F.cross_entropy(lm.logits(rows).float(), targets)
+
+
+def scored_positions(hidden: Tensor, ids: Tensor, token_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The positions whose next token is real: their hidden states (N_scored, n_embd) and the
+    next tokens (N_scored) they predict, from hidden (M, L, n_embd), ids and token_mask (M, L)."""
+    scored = token_mask[:, 1:].bool()
+    return hidden[:, :-1][scored], ids[:, 1:][scored]
 
 
 def generation_losses(model, calls: list[GenerationCall], include_padding: bool = False,
@@ -140,10 +146,9 @@ def generation_losses(model, calls: list[GenerationCall], include_padding: bool 
             losses[j] = teacher_forcing_loss(gen.language_model, h, ids, mask, include_padding=True)
         return losses
     # only scored positions go through the output head, every call's in one product
-    scored = [mask[:, 1:].bool() for _, _, _, mask in todo]
-    rows = [h[:, :-1][s] for h, s in zip(hidden, scored)]  # per call (N_j, n_embd)
-    logits = gen.language_model.logits(torch.cat(rows)).float().split([r.shape[0] for r in rows])
-    for (j, _, ids, _), h, s, part in zip(todo, hidden, scored, logits):
-        losses[j] = F.cross_entropy(part, ids[:, 1:][s]) if part.shape[0] else h.sum() * 0.0
+    scored = [scored_positions(h, ids, mask) for (_, _, ids, mask), h in zip(todo, hidden)]
+    logits = gen.language_model.logits(torch.cat([rows for rows, _ in scored])).float()
+    for (j, *_), h, (rows, targets), part in zip(todo, hidden, scored, logits.split([r.shape[0] for r, _ in scored])):
+        losses[j] = F.cross_entropy(part, targets) if rows.shape[0] else h.sum() * 0.0
     return losses
 
