@@ -133,7 +133,7 @@ class Predictor:
         x, infos = self._preprocess(images, prepared)
         enc = self.model.encode_image(x)
         results: list[list[QueryResult]] = [[] for _ in range(n)]
-        features: list[tuple[int, torch.Tensor]] = []  # (image index, (d)) per query, in order
+        features: list[list[torch.Tensor]] = [[] for _ in range(n)]  # per image the (d) feature of each result
 
         if prompts:
             sources, emb = self.prompt_embeddings(list(prompts))
@@ -141,7 +141,7 @@ class Predictor:
             for i in range(n):
                 for q, text in enumerate(prompts):
                     results[i].append(self._prompt_result(text, sources[q], det, i, q, infos[i]))
-                    features.append((i, det.box_features[i, q]))
+                    features[i].append(det.box_features[i, q])
 
         m = max((len(b) for b in boxes), default=0)
         if m:
@@ -157,16 +157,18 @@ class Predictor:
                     results[i].append(QueryResult(
                         type="box", prompt=None, prompt_source=None, box=[float(v) for v in b],
                         box_model=model_boxes[i, j].tolist(), score=None, present=True))
-                    features.append((i, region_feats[i, j]))
+                    features[i].append(region_feats[i, j])
 
+        # flat in image order (an image's prompts, then its boxes), the features in the same order
         flat = [r for per_image in results for r in per_image]
-        if self.generate and features:
-            stacked = torch.stack([f for _, f in features])
+        flat_features = [f for per_image in features for f in per_image]
+        if self.generate and flat_features:
+            stacked = torch.stack(flat_features)
             sentences = self.model.describe(stacked, max_new_tokens=self.max_new_tokens)
             for r, s in zip(flat, sentences):
                 r.sentence = s
         if self.return_features:
-            for r, (_, f) in zip(flat, features):
+            for r, f in zip(flat, flat_features):
                 r.features = f.float().cpu().tolist()
         return [ImagePrediction(names[i], infos[i].width, infos[i].height, results[i]) for i in range(n)]
 
