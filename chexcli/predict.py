@@ -78,9 +78,19 @@ def resolve_prompt(model: ChEX, text: str, literal: bool = False) -> tuple[str, 
     for kind, key in (("anatomy", "anatomy_prompts"), ("pathology", "pathology_pos_prompts")):
         for set_name in assembly.get(key, []):
             for name, prompts in sets.get(set_name, {}).items():
-                if wanted in (name.lower(), name.rsplit("/", 1)[-1].lower()) and prompts:
+                if wanted in name_forms(name) and prompts:
                     return f"{kind}:{name}", list(prompts)
     return "sentence", [text]
+
+
+def name_forms(name: str) -> set[str]:
+    """The lower-case forms a user may type for a prompt-dictionary name: the whole name, its last
+    component, the name after its dataset prefix, and each component after the prefix that is a
+    word of its own (so
+    "vindrcxr/Nodule/Mass" answers to "nodule" and "mass", "cig/af/pleural effusion" to
+    "pleural effusion" but not to "af")."""
+    parts = name.lower().split("/")
+    return {name.lower(), parts[-1], "/".join(parts[1:])} | {p for p in parts[1:] if len(p) > 2}
 
 
 class Predictor:

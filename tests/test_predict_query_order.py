@@ -23,3 +23,17 @@ def test_results_of_a_batch_equal_each_image_alone(tiny_bundle):
         for q_batch, q_alone in zip(batched.queries, alone.queries):
             np.testing.assert_allclose(q_batch.features, q_alone.features, atol=1e-4)
             assert q_batch.sentence == q_alone.sentence
+
+
+def test_a_pathology_name_answers_to_each_word_of_a_slashed_class():
+    from chexcli.predict import name_forms, resolve_prompt
+
+    assert {"nodule", "mass", "nodule/mass"} <= name_forms("vindrcxr/Nodule/Mass")
+    assert "af" not in name_forms("cig/af/pleural effusion") and "pleural effusion" in name_forms("cig/af/pleural effusion")
+
+    class Model:
+        prompts = {"prompt_sets": {"pos": {"vindrcxr/Nodule/Mass": ["Mass or nodule"]}},
+                   "model_prompt_assembly": {"pathology_pos_prompts": ["pos"]}}
+
+    assert resolve_prompt(Model(), "Nodule") == ("pathology:vindrcxr/Nodule/Mass", ["Mass or nodule"])
+    assert resolve_prompt(Model(), "a nodule") == ("sentence", ["a nodule"])
