@@ -44,10 +44,12 @@ A generated sentence is **right** for a finding of kind K in region A when
 
 Every ground-truth sentence of the synthetic data is right by this rule
 (``reference_right`` = 1.0). Also reported, without a threshold: the fraction of normal
-test regions (no finding there) whose generated sentence affirms no finding word; per finding
-the AUROC of the image's presence score (the detection score of its best candidate) against
-"the image has this finding" (the lowest one in the table); the share of present anatomies
-whose prompt has a present region (drawn as a solid box by `chex predict`).
+test regions (no finding there) whose generated sentence affirms no finding word, and what a
+user of `chex predict` sees (chexcli.demo.targets, next to the targets of the demo issue):
+per finding the AUROC of the finding prompt's score against "the image has this finding"
+(the lowest one in the table), the sentences of the ground-truth finding boxes given as box
+prompts, the mean IoU of each anatomy prompt's best candidate, and the share of present
+anatomies whose prompt has a present region (drawn as a solid box).
 
 With ``quick=True`` the checks are computed and reported but not enforced.
 """
@@ -69,6 +71,7 @@ from chexcli.data.dataset import ChexDataset, collate
 from chexcli.data.names import anatomy_names
 from chexcli.data.transforms import EvalTransform
 from chexcli.boxes import as_boxes, box_iou_cxcywh, hull_box, paired_iou
+from chexcli.demo.targets import FINDING_PROMPTS, TARGETS, measure_targets
 from chexcli.model.classify import classify_features
 
 CIG = "cig_boxclssent"
@@ -228,10 +231,6 @@ class ModelQueries:
         """(N, A, 4) one box per anatomy prompt of ``cig_default``."""
         return prompt_boxes(self._detect_anatomy(batch, post_decoder=False)).cpu()
 
-    def anatomy_present(self, batch: dict) -> torch.Tensor:
-        """(N, A) bool: the anatomy prompt has a present region, i.e. `chex predict` draws a solid box."""
-        return self._detect_anatomy(batch, post_decoder=False).boxes_present.cpu()
-
     @torch.no_grad()
     def class_boxes(self, batch: dict, classes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """classes (C) such as "vindrcxr/Nodule/Mass" -> boxes (N, C, 4), presence scores (N, C)."""
@@ -283,27 +282,6 @@ def anatomy_grounding(model, data_dir, split: str = "test", max_images: int | No
     per = {n: float(iou[mask[:, k], k].mean()) for k, n in enumerate(ds.anat_names) if mask[:, k].any()}
     return {"mean_iou": float(iou[mask].mean()) if mask.any() else float("nan"), "pairs": int(mask.sum()),
             "images": len(idx), "per_anatomy": per}
-
-
-def anatomy_boxes_drawn(model, data_dir, split: str = "test", max_images: int | None = None, batch_size: int = 16,
-                        predict_present: Callable[[dict], torch.Tensor] | None = None) -> dict:
-    """Share of the (image, anatomy) pairs with a ground-truth box whose anatomy prompt has a
-    present region (`chex predict` draws a solid box; otherwise only the dashed best candidate).
-
-    ``predict_present(batch) -> (N, A)`` bool (default: the model's anatomy prompts). Returns
-    drawn (NaN without pairs), pairs and per_anatomy.
-    """
-    predict_present = predict_present or ModelQueries(model).anatomy_present
-    ds = ChexDataset(data_dir, CIG, split=split, transform="eval")
-    drawn, truth = [], []
-    for batch in _batches(ds, _indices(ds, max_images), batch_size):
-        drawn.append(np.asarray(predict_present(batch), dtype=bool))
-        truth.append(batch["target_anat_present_masks"].numpy().astype(bool))
-    hit = np.concatenate(drawn) if drawn else np.zeros((0, len(ds.anat_names)), dtype=bool)
-    mask = np.concatenate(truth) if truth else np.zeros(hit.shape, dtype=bool)
-    per = {n: float(hit[mask[:, k], k].mean()) for k, n in enumerate(ds.anat_names) if mask[:, k].any()}
-    return {"drawn": float(hit[mask].mean()) if mask.any() else float("nan"), "pairs": int(mask.sum()),
-            "per_anatomy": per}
 
 
 def constant_box_baseline(data_dir, max_candidates: int = 200) -> dict[str, list[float]]:
@@ -602,27 +580,51 @@ def normal_regions_row(measured: dict, baseline: dict) -> Check:
                  detail=f"{measured['normal_regions']} normal test regions (no finding there)", informational=True)
 
 
-def presence_row(measured: dict) -> Check:
-    """Reported only: the lowest per-finding presence AUROC (issue target: 0.9 for every kind)."""
-    per = measured.get("presence_auroc", {})
+def presence_row(targets: dict) -> Check:
+    """Reported only: the lowest per-finding presence AUROC of the finding prompts' `chex predict`
+    score (target 0.9 for every kind)."""
+    per = targets["presence_auroc"]
     finite = {k: v for k, v in per.items() if not math.isnan(v)}
     worst = min(finite.values()) if finite else float("nan")
     listing = ", ".join(f"{k} {_fmt(v)}" for k, v in per.items()) or "no finding in the split"
-    return Check("finding presence (lowest AUROC)", worst, None, "none (reported only)", True, enforced=False,
-                 detail=("per-image presence score (best candidate's weight x P(positive prompt)) against 'the "
-                         f"image has the finding', per finding: {listing}"),
+    return Check("finding presence (lowest AUROC)", worst, None, f"target >= {TARGETS['presence_auroc']}", True,
+                 enforced=False,
+                 detail=("per image the `chex predict` score of the finding's prompt (" + ", ".join(
+                     f'"{p}"' for p in FINDING_PROMPTS.values()) + f") against 'the image has it': {listing}"),
                  informational=True, results={"measured": per})
 
 
-def boxes_drawn_row(measured: dict) -> Check:
+def box_sentences_row(targets: dict) -> Check:
+    """Reported only: the share of right sentences for the finding boxes given as box prompts."""
+    m = targets["box_sentences"]
+    per = ", ".join(f"{k} {_fmt(v)}" for k, v in m["per_kind"].items())
+    return Check("box-prompt sentences (fraction right)", m["right"], None, f"target >= {TARGETS['box_sentences']}",
+                 True, enforced=False,
+                 detail=f"{m['regions']} ground-truth finding boxes as --box prompts; per finding: {per}",
+                 informational=True, results={"measured": m})
+
+
+def best_candidate_row(targets: dict) -> Check:
+    """Reported only: mean IoU of each anatomy prompt's best candidate with its ground-truth box."""
+    per = {k: v["best_iou"] for k, v in targets["per_anatomy"].items()}
+    worst = sorted(per.items(), key=lambda kv: kv[1])[:3]
+    return Check("anatomy best candidate (mean IoU)", targets["anatomy_best_iou"], None,
+                 f"target >= {TARGETS['anatomy_best_iou']}", True, enforced=False,
+                 detail=(f"{targets['anatomy_pairs']} (image, anatomy) pairs; the drawn box (hull of the present "
+                         f"candidates) {_fmt(targets['anatomy_drawn_iou'])}; worst: "
+                         + ", ".join(f"{k} {_fmt(v)}" for k, v in worst)),
+                 informational=True, results={"measured": per})
+
+
+def boxes_drawn_row(targets: dict) -> Check:
     """Reported only: the share of anatomy prompts that `chex predict` draws as a present box."""
-    per = measured["per_anatomy"]
+    per = {k: v["drawn"] for k, v in targets["per_anatomy"].items()}
     fewest = sorted(per.items(), key=lambda kv: kv[1])[:3]
-    return Check("anatomy prompts drawn as present", measured["drawn"], None, "none (reported only)", True,
+    return Check("anatomy prompts drawn as present", targets["anatomy_drawn"], None, "none (reported only)", True,
                  enforced=False,
-                 detail=(f"{measured['pairs']} (image, anatomy) pairs with a ground-truth box; the others show "
-                         "only a dashed best candidate; fewest: " + ", ".join(f"{k} {_fmt(v)}" for k, v in fewest)),
-                 informational=True, results={"measured": measured})
+                 detail=(f"{targets['anatomy_pairs']} (image, anatomy) pairs with a ground-truth box; the others "
+                         "show only a dashed best candidate; fewest: " + ", ".join(f"{k} {_fmt(v)}" for k, v in fewest)),
+                 informational=True, results={"measured": per})
 
 
 def run_checks(model, data_dir, quick: bool, max_images: int | None = None, split: str = "test",
@@ -630,8 +632,9 @@ def run_checks(model, data_dir, quick: bool, max_images: int | None = None, spli
     """The demo's checks of ``model`` (a loaded ChEX) on ``split`` of the synthetic folder ``data_dir``.
 
     Returns grounding, detection and sentence checks plus informational rows (normal regions,
-    the lowest per-finding presence AUROC, anatomy prompts drawn as present); with ``quick``
-    nothing is enforced (``enforced=False``).
+    then what `chex predict` shows, chexcli.demo.targets: the lowest per-finding presence AUROC,
+    box-prompt sentences, the anatomy prompts' best candidates and how many are drawn as
+    present); with ``quick`` nothing is enforced (``enforced=False``).
     """
     data_dir = Path(data_dir)
     queries = ModelQueries(model, max_new_tokens)
@@ -643,10 +646,10 @@ def run_checks(model, data_dir, quick: bool, max_images: int | None = None, spli
                                describe=queries.describe)
     sentences_base = sentence_baseline(most_frequent_sentence_baseline(data_dir), data_dir, split, max_regions,
                                        max_images=max_images)
-    drawn = anatomy_boxes_drawn(model, data_dir, split, max_images, batch_size, predict_present=queries.anatomy_present)
+    targets = measure_targets(model, data_dir, split, max_images, batch_size, max_new_tokens)
     checks = [grounding_check(grounding, grounding_base), detection_check(detection, detection_base),
               sentence_check_row(sentences, sentences_base), normal_regions_row(sentences, sentences_base),
-              presence_row(detection), boxes_drawn_row(drawn)]
+              presence_row(targets), box_sentences_row(targets), best_candidate_row(targets), boxes_drawn_row(targets)]
     if quick:
         for c in checks:
             c.enforced = False

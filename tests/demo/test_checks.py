@@ -217,10 +217,11 @@ def test_model_functions_and_run_checks(model, synth):
     ground = checks[0]
     assert ground.enforced and not ground.passed and ground.status == "FAIL"  # a random model grounds nothing
     assert checks[3].informational and not checks[3].enforced
-    assert [c.name for c in checks][4:] == ["finding presence (lowest AUROC)", "anatomy prompts drawn as present"]
+    assert [c.name for c in checks][4:] == ["finding presence (lowest AUROC)", "box-prompt sentences (fraction right)",
+                                           "anatomy best candidate (mean IoU)", "anatomy prompts drawn as present"]
     assert all(c.informational and not c.enforced for c in checks[4:])
-    drawn = checks[5].results["measured"]
-    assert drawn["pairs"] > 0 and 0.0 <= drawn["drawn"] <= 1.0
+    assert set(checks[6].results["measured"]) <= set(ANAT) and 0.0 <= checks[6].value <= 1.0
+    assert 0.0 <= checks[7].value <= 1.0 and "fewest" in checks[7].detail
     table = C.format_table(checks)
     assert "FAIL" in table and "threshold" in table and "best constant box" in table
     data = json.loads(json.dumps(C.to_json(checks), allow_nan=False))
@@ -252,11 +253,3 @@ def test_presence_auroc_ranks_images_with_the_finding_above_those_without():
     assert C.presence_auroc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == 0.0
     assert C.presence_auroc([0.5, 0.9, 0.5], [True, False, False]) == 0.25  # one tie counts half
     assert math.isnan(C.presence_auroc([0.3, 0.4], [True, True]))  # no image without the finding
-
-
-def test_boxes_drawn_counts_only_anatomies_that_are_in_the_image(synth):
-    everywhere = C.anatomy_boxes_drawn(None, synth, max_images=4,
-                                       predict_present=lambda b: torch.ones(len(b["x"]), len(ANAT), dtype=torch.bool))
-    nowhere = C.anatomy_boxes_drawn(None, synth, max_images=4,
-                                    predict_present=lambda b: torch.zeros(len(b["x"]), len(ANAT), dtype=torch.bool))
-    assert everywhere["drawn"] == 1.0 and nowhere["drawn"] == 0.0 and everywhere["pairs"] == nowhere["pairs"] > 0

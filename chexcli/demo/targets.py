@@ -1,0 +1,178 @@
+"""What a user of `chex predict` sees on the held-out synthetic split, measured as they would.
+
+Every number comes from :class:`chexcli.predict.Predictor`, the code behind `chex predict`
+(post decoder on, skip connection on, no multibox dropping, greedy sentences), on the
+cached 256 x 256 test images with pixel boxes:
+
+* **presence AUROC** per finding kind: the prompt is the finding's name as a user types it
+  (``FINDING_PROMPTS``, e.g. "pleural effusion"); the image's presence score is the JSON's
+  ``score`` of that prompt (the weighted mean of its candidates' weights); AUROC against
+  "the image has this finding".
+* **anatomy-prompted sentences**: every finding prompted by its most specific anatomy name
+  (the first of its ``regions``, e.g. "right costophrenic angle" for an effusion), the 29
+  anatomy names in one call; right by ``chexcli.demo.checks.sentence_is_right``.
+* **box-prompt sentences**: every finding's ground-truth pixel box as a ``--box`` prompt;
+  right by the same rule with the finding's most specific anatomy as its place.
+* **normal regions**: the regions a finding can sit in (``FINDING_REGIONS``) that are normal
+  in the image, prompted by name; clean when the sentence affirms no finding word.
+* **anatomy boxes**: per (image, anatomy with a ground-truth box) the IoU of the prompt's
+  best candidate (its highest-weight region, drawn dashed when absent) and of the box
+  `chex predict` draws (the hull of the present candidates, the best candidate when none is
+  present); the share drawn as present.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from chexcli.boxes import box_iou_xyxy
+from chexcli.data.names import anatomy_names
+
+CIG_TEST = "mimic-cxr-frontal-cig_anatboxes-cig_anatlabels-cig_anatphrases.{split}.csv"
+FINDING_PROMPTS = {"nodule": "nodule", "opacity": "lung opacity", "consolidation": "consolidation",
+                   "effusion": "pleural effusion", "pneumothorax": "pneumothorax", "cardiomegaly": "cardiomegaly"}
+TARGETS = {"presence_auroc": 0.9, "anatomy_sentences": 0.8, "box_sentences": 0.7, "normal_clean": 0.95,
+           "anatomy_best_iou": 0.75}
+
+
+def _spread_rows(df: pd.DataFrame, k: int | None) -> pd.DataFrame:
+    if k is None or len(df) <= k:
+        return df
+    return df.iloc[np.unique(np.linspace(0, len(df) - 1, k).round().astype(int))]
+
+
+def load_split(data_dir: Path, split: str = "test", max_images: int | None = 200) -> pd.DataFrame:
+    """The split's images: dicom_id, sample_id, findings (list), anat_boxes, anat_labels (dicts)."""
+    truth = pd.read_csv(data_dir / "synthetic.csv", dtype={"sample_id": str}, keep_default_na=False)
+    cig = pd.read_csv(data_dir / CIG_TEST.format(split=split), dtype={"sample_id": str}, keep_default_na=False)
+    df = cig.merge(truth[["sample_id", "findings"]], on="sample_id", how="left")
+    df = _spread_rows(df.reset_index(drop=True), max_images).reset_index(drop=True)
+    for col in ("findings", "anat_boxes", "anat_labels"):
+        df[col] = [json.loads(v) if v else ([] if col == "findings" else {}) for v in df[col]]
+    return df
+
+
+def best_candidate(query) -> list[float]:
+    """The pixel box of a prompt's highest-weight candidate region."""
+    return max(query.regions, key=lambda r: r.weight).box
+
+
+def measure_targets(model, data_dir, split: str = "test", max_images: int | None = 200, batch_size: int = 16,
+                    max_new_tokens: int = 24) -> dict:
+    """The measures of the module docstring on ``split`` of a synthetic folder (at most ``max_images``)."""
+    from chexcli.data.images.cache import open_cache
+    from chexcli.demo.checks import FINDING_REGIONS, affirmed_kinds, presence_auroc, sentence_is_right
+    from chexcli.predict import Predictor
+
+    data_dir = Path(data_dir)
+    df = load_split(data_dir, split, max_images)
+    cache, index = open_cache(data_dir)
+    names = anatomy_names("cig_default")
+    kinds = list(FINDING_PROMPTS)
+    predictor = Predictor(model, generate=False, return_features=True)
+    scores = {k: [] for k in kinds}
+    has = {k: [] for k in kinds}
+    best_iou, drawn_iou, drawn = [], [], []
+    per_anatomy: dict[str, list[tuple[float, bool]]] = {n: [] for n in names}  # (best IoU, drawn)
+    anat_q, box_q, normal_q = [], [], []  # (kind or None, region, feature)
+    for start in range(0, len(df), batch_size):
+        chunk = df.iloc[start:start + batch_size]
+        images = [np.asarray(cache[index[s]], dtype=np.float32) / 255.0 for s in chunk["sample_id"]]
+        ids = list(chunk["dicom_id"])
+        boxes = [[f["box"] for f in fs] for fs in chunk["findings"]]
+        found = predictor.predict(images, ids, prompts=[FINDING_PROMPTS[k] for k in kinds])
+        for pred, fs in zip(found, chunk["findings"]):
+            present_kinds = {f["kind"] for f in fs}
+            for k, q in zip(kinds, pred.queries):
+                scores[k].append(q.score)
+                has[k].append(k in present_kinds)
+        preds = predictor.predict(images, ids, prompts=names, boxes=boxes)
+        for pred, (_, row) in zip(preds, chunk.iterrows()):
+            by_name = dict(zip(names, pred.queries[: len(names)]))
+            for name, q in by_name.items():
+                truth = row["anat_boxes"].get(name)
+                if truth is None:
+                    continue
+                shown = q.box if q.present else best_candidate(q)
+                best_iou.append(float(box_iou_xyxy(np.array([best_candidate(q)]), np.array([truth]))[0, 0]))
+                drawn_iou.append(float(box_iou_xyxy(np.array([shown]), np.array([truth]))[0, 0]))
+                drawn.append(q.present)
+                per_anatomy[name].append((best_iou[-1], q.present))
+            for f, q in zip(row["findings"], pred.queries[len(names):]):
+                region = f["regions"][0]
+                anat_q.append((f["kind"], region, by_name[region].features))
+                box_q.append((f["kind"], region, q.features))
+            for region in FINDING_REGIONS:
+                if row["anat_labels"].get(region) == ["normal"]:
+                    normal_q.append((None, region, by_name[region].features))
+
+    can_describe = model.txt_decoder is not None and model.decode is not None
+
+    def describe(queries):
+        if not queries or not can_describe:
+            return []
+        feats = torch.tensor([f for _, _, f in queries], dtype=torch.float32, device=predictor.device)
+        out = []
+        for start in range(0, len(feats), 256):
+            out += model.describe(feats[start:start + 256], max_new_tokens=max_new_tokens)
+        return out
+
+    def sentence_measure(queries, sentences) -> dict:
+        if not can_describe:
+            return {"right": float("nan"), "regions": 0, "per_kind": {}, "examples": []}
+        right = [sentence_is_right(s, k, r) for (k, r, _), s in zip(queries, sentences)]
+        per_kind = {}
+        for (k, _, _), ok in zip(queries, right):
+            per_kind.setdefault(k, []).append(ok)
+        return {"right": float(np.mean(right)) if right else float("nan"), "regions": len(right),
+                "per_kind": {k: float(np.mean(v)) for k, v in sorted(per_kind.items())},
+                "examples": [{"kind": k, "region": r, "generated": s}
+                             for (k, r, _), s in list(zip(queries, sentences))[:6]]}
+
+    normal_said = describe(normal_q)
+    auroc = {k: presence_auroc(np.array(scores[k]), np.array(has[k])) for k in kinds}
+    return {
+        "images": len(df),
+        "presence_auroc": auroc,
+        "anatomy_sentences": sentence_measure(anat_q, describe(anat_q)),
+        "box_sentences": sentence_measure(box_q, describe(box_q)),
+        "normal_clean": float(np.mean([not affirmed_kinds(s) for s in normal_said])) if normal_said else float("nan"),
+        "normal_regions": len(normal_said),
+        "anatomy_best_iou": float(np.mean(best_iou)) if best_iou else float("nan"),
+        "anatomy_drawn_iou": float(np.mean(drawn_iou)) if drawn_iou else float("nan"),
+        "anatomy_drawn": float(np.mean(drawn)) if drawn else float("nan"),
+        "anatomy_pairs": len(best_iou),
+        "per_anatomy": {n: {"best_iou": float(np.mean([v[0] for v in vs])), "drawn": float(np.mean([v[1] for v in vs]))}
+                        for n, vs in per_anatomy.items() if vs},
+    }
+
+
+def summary_line(m: dict) -> str:
+    """One line of the measures for logs."""
+    auroc = " ".join(f"{k[:5]} {v:.2f}" for k, v in m["presence_auroc"].items())
+    return (f"AUROC [{auroc}] | anat sent {m['anatomy_sentences']['right']:.3f} | box sent "
+            f"{m['box_sentences']['right']:.3f} | normal {m['normal_clean']:.3f} | best IoU "
+            f"{m['anatomy_best_iou']:.3f} drawn IoU {m['anatomy_drawn_iou']:.3f} drawn {m['anatomy_drawn']:.3f}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - a developer's tool
+    import sys
+
+    from chexcli.model.bundle import load_bundle
+
+    args = list(argv if argv is not None else sys.argv[1:])
+    bundle, data = Path(args[0]), Path(args[1])
+    torch.manual_seed(0)
+    m = measure_targets(load_bundle(bundle), data, max_images=int(args[2]) if len(args) > 2 else 200)
+    print(summary_line(m))
+    print(json.dumps({k: v for k, v in m.items()}, indent=1, default=str)[:4000])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
