@@ -132,6 +132,59 @@ def pretrain_image_tower(model, data: dict[str, Tensor], updates: int, batch_siz
     return losses
 
 
+def prompt_groups(model) -> list[list[str]]:
+    """The model's prompt names as groups of synonym strings: every anatomy name, every positive
+    and every negative pathology name of its prompt dictionaries (one group each). A string that
+    an earlier group holds is left out of later ones (two dictionaries may name the same
+    finding), and groups left empty are dropped."""
+    sets = (model.prompts or {}).get("prompt_sets", {})
+    assembly = (model.prompts or {}).get("model_prompt_assembly", {})
+    groups: list[list[str]] = []
+    seen: set[str] = set()
+    for key in ("anatomy_prompts", "pathology_pos_prompts", "pathology_neg_prompts"):
+        for set_name in assembly.get(key, []):
+            for prompts in sets.get(set_name, {}).values():
+                fresh = [p for p in dict.fromkeys(prompts) if p not in seen]
+                seen.update(fresh)
+                if fresh:
+                    groups.append(fresh)
+    return groups
+
+
+def pretrain_text_tower(model, groups: list[list[str]], updates: int, lr: float = 3e-3, tau: float = 0.1,
+                        seed: int = 0) -> list[float]:
+    """Train `model.txt_encoder` in place so that different prompt names embed far apart.
+
+    CheXzero's text tower arrives knowing that "Lung opacity" is not "Left hilar structures"; a
+    random one embeds most short prompts alike (cosine 0.8-0.9 after stage 1 on the demo data),
+    so a detector query cannot tell them apart. Each update embeds one random synonym of every
+    group twice over (two draws) and applies a symmetric InfoNCE between the draws: the same
+    name is the positive, every other name a negative. Returns the losses."""
+    encoder = model.txt_encoder
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in encoder.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    encoder.train()
+    labels = torch.arange(len(groups))
+    losses = []
+    for _ in range(updates):
+        draws = []
+        for _view in range(2):
+            picks = [g[int(torch.randint(len(g), (1,), generator=gen))] for g in groups]
+            draws.append(F.normalize(encoder.encode_sentences(picks, use_cache=False).float(), dim=-1))
+        sim = draws[0] @ draws[1].t() / tau
+        loss = (F.cross_entropy(sim, labels) + F.cross_entropy(sim.t(), labels)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    encoder.eval()
+    encoder.clear_cache()
+    return losses
+
+
 def random_stage1_model(data_dir: Path, model_config: str, model_recipe: dict | None = None):
     """The random model `chex train --stage 1` builds for `model_config` (tokenizers from `data_dir`;
     `model_recipe`: a recipe's `model` section, None: the reference's dropout)."""
@@ -148,7 +201,8 @@ def random_stage1_model(data_dir: Path, model_config: str, model_recipe: dict | 
 
 
 def pretrain_bundle(data_dir: Path, out: Path, model_config: str, updates: int, batch_size: int = 16,
-                    seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print) -> Path:
+                    seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print,
+                    text_updates: int = 0) -> Path:
     """Build the random stage-1 model of `model_config`, pretrain its image tower on `data_dir`'s
     train split and save it as a bundle at `out` (for `chex train --stage 1 --init out`)."""
     from chexcli.model.bundle import save_bundle
@@ -162,10 +216,18 @@ def pretrain_bundle(data_dir: Path, out: Path, model_config: str, updates: int, 
     with ProgressBar(updates, 0, enabled=progress) as bar:
         losses = pretrain_image_tower(model, data, updates, batch_size, seed=seed,
                                       on_step=lambda step, loss, lr: bar.update(step, loss, lr, samples=batch_size))
+    groups = prompt_groups(model)
+    text_losses = pretrain_text_tower(model, groups, text_updates, seed=seed) if text_updates else []
+    if text_losses:
+        echo(f"text tower pretraining: {len(groups)} prompt names, {text_updates} updates, "
+             f"loss {text_losses[0]:.3f} -> {text_losses[-1]:.3f}")
     seconds = round(time.perf_counter() - start, 1)
     provenance = {"stage": "pretrain", "architecture": model.provenance["architecture"], "updates": updates,
                   "final_loss": round(losses[-1], 4) if losses else None, "seconds": seconds,
-                  "objective": "cell anatomy/finding coverage + pooled region finding labels (chexcli.demo.pretrain)"}
+                  "text_updates": text_updates,
+                  "text_final_loss": round(text_losses[-1], 4) if text_losses else None,
+                  "objective": "cell anatomy/finding coverage + pooled region finding labels; prompt names "
+                               "apart in the text tower (chexcli.demo.pretrain)"}
     return save_bundle(model, out, provenance=provenance, overwrite=True)
 
 

@@ -41,6 +41,7 @@ class DemoPlan:
     stage3_steps: int
     batch_size: int = 16
     stage3_batch_size: int = 8
+    text_pretrain_steps: int = 0
     predict_images: int = 3
     eval_images: int | None = None
     workers: int = 1
@@ -49,24 +50,25 @@ class DemoPlan:
     common: tuple[str, ...] = ("model.dropout_scale=0", "run.log_every=10", "data.augmentation=none",
                                "run.cache_frozen_encodings=true")
     stage1: tuple[str, ...] = ("model.image_encoder_trainable_blocks=0", "optim.lr=2e-3", "optim.warmup_steps=20",
-                               "loss.anatomy_detection=1.0", "loss.pathology_detection=10.0",
+                               "loss.anatomy_detection=2.0", "loss.pathology_detection=30.0",
                                "loss.anatomy_classification=30.0",
-                               "model.train_text_encoder=true", "loss.global_contrastive=0",
+                               "model.train_text_encoder=false", "loss.global_contrastive=0",
                                "loss.sentence_contrastive=0", "supervision.randomize_prompts=false",
                                "supervision.pathology_box_subsample=22", "supervision.pathology_label_subsample=22")
     txtgen: tuple[str, ...] = ("optim.lr=2e-3", "optim.warmup_steps=10", "optim.accumulation_steps=1",
                                "txtgen.dropout=0.1", "txtgen.max_sentences=64")
     stage2: tuple[str, ...] = ("optim.lr=1e-3", "optim.warmup_steps=10", "supervision.randomize_prompts=false")
     stage3: tuple[str, ...] = ("optim.lr=3e-3", "optim.warmup_steps=10", "optim.accumulation_steps=1",
-                               "supervision.randomize_prompts=false", "supervision.anatomy_region_mode=token",
+                               "supervision.randomize_prompts=false", "supervision.anatomy_region_mode=random",
                                "model.skip_roi_pool_prob=1.0", "loss.sentence_generation=0",
                                "loss.anatomy_mse=0", "loss.sentence_mse=0",
                                "supervision.generation_sampling=balanced", "supervision.max_generated_sentences=32")
 
 
-FULL = DemoPlan(images=4000, model_config="tiny-cnn", pretrain_steps=1000, stage1_steps=1200, txtgen_steps=300,
-                stage2_steps=150, stage3_steps=1000, stage3_batch_size=16)
-QUICK = DemoPlan(images=120, model_config="tiny-cnn", pretrain_steps=3, stage1_steps=3, txtgen_steps=3, stage2_steps=2,
+FULL = DemoPlan(images=4000, model_config="demo-cnn", pretrain_steps=1000, text_pretrain_steps=150, stage1_steps=1800,
+                txtgen_steps=300, stage2_steps=150, stage3_steps=1000, stage3_batch_size=16)
+QUICK = DemoPlan(images=120, model_config="demo-cnn", pretrain_steps=3, text_pretrain_steps=3, stage1_steps=3,
+                 txtgen_steps=3, stage2_steps=2,
                  stage3_steps=2, batch_size=8, stage3_batch_size=4, predict_images=2, eval_images=12, workers=0)
 
 
@@ -140,7 +142,7 @@ def _train_all(out: Path, data: Path, plan: DemoPlan, seed: int, echo) -> dict[s
 
     echo("\n== 2/8 image tower pretraining (a stand-in for CheXzero's weights)")
     pretrained = pretrain_bundle(data, out / "pretrain" / "bundle", plan.model_config, plan.pretrain_steps,
-                                 plan.batch_size, seed=seed, echo=echo)
+                                 plan.batch_size, seed=seed, echo=echo, text_updates=plan.text_pretrain_steps)
     bundles = {"pretrain": pretrained,
                "1": stage("3/8 stage 1: detector (image tower frozen)", "1", "stage1", plan.stage1_steps,
                           plan.batch_size, plan.stage1, init=pretrained)}

@@ -8,7 +8,8 @@ says how large those learnt tokenizers should be.
 paper      the released model (docs/architecture.md#model-sizes)
 small      width 128: trains on a laptop
 tiny       width 32, two layers per tower: tests
-tiny-cnn   `tiny` with the convolutional image tower of chexcli.model.conv_encoder (`chex demo`)
+tiny-cnn   `tiny` with the convolutional image tower of chexcli.model.conv_encoder
+demo-cnn   width 64 with a wider convolutional tower: the model `chex demo` trains
 =========  ====================================================================================
 """
 
@@ -65,6 +66,21 @@ def tiny_cnn(clip_vocab_size: int = 49408, gpt2_vocab_size: int = 2048, eos_toke
     return cfg
 
 
+def demo_cnn(clip_vocab_size: int = 49408, gpt2_vocab_size: int = 2048, eos_token_id: int = 0) -> ChexConfig:
+    """Width 64, two layers per component, a convolutional tower of 32-128 channels (`chex demo`)."""
+    return ChexConfig(
+        d_model=64,
+        n_head=4,
+        vision=VisionConfig(image_size=224, patch_size=32, width=128, layers=2, heads=2, output_dim=64, kind="cnn"),
+        text=TextConfig(context_length=77, vocab_size=clip_vocab_size, width=64, layers=2, heads=2, output_dim=64),
+        detector=DetectorConfig(multiregions=3, n_decoder_layers=2),
+        n_post_decoder_layers=1,
+        generator=GeneratorConfig(vocab_size=gpt2_vocab_size, n_positions=256, n_embd=64, n_layer=2, n_head=2,
+                                  bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=eos_token_id,
+                                  max_length=32),
+    )
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named size: `build(clip_vocab_size, gpt2_vocab_size, eos_token_id)`, and the sizes of the
@@ -80,6 +96,7 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(small, clip_merges=800, gpt2_vocab=1000),
     "tiny": Preset(tiny, clip_merges=800, gpt2_vocab=1000),
     "tiny-cnn": Preset(tiny_cnn, clip_merges=800, gpt2_vocab=1000),
+    "demo-cnn": Preset(demo_cnn, clip_merges=800, gpt2_vocab=1000),
 }
 FILE_PRESET = Preset(paper, clip_merges=4000, gpt2_vocab=8000)  # the tokenizer sizes of a YAML file's model
 

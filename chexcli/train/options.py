@@ -33,7 +33,7 @@ class TrainOptions:
     init_generator: Path | None = option(None, "--init-generator",
                                          "bundle with the sentence generator (txtgen, stage 3)")
     model_config: str = option("paper", "--model-config",
-                               "sizes for random weights: paper, small, tiny, tiny-cnn or a YAML file")
+                               "sizes for random weights: paper, small, tiny, tiny-cnn, demo-cnn or a YAML file")
     out: Path = option(Path("runs/train"), "--out", "folder of the run folders")
     name: str | None = option(None, "--name", "run folder name (default: stage1, txtgen, ...)")
     config: Path | None = option(None, "--config", "YAML file overriding recipe fields")

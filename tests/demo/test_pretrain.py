@@ -69,3 +69,38 @@ def test_pretraining_lowers_the_loss_and_writes_a_stage_one_init(synthetic, tmp_
     pre = load_bundle(out)
     for (name, a), b in zip(pre.img_encoder.state_dict().items(), stage1.img_encoder.state_dict().values()):
         assert torch.equal(a, b), f"stage 1 changed the frozen tower's {name}"  # batch-norm statistics too
+
+
+def test_prompt_groups_hold_each_string_once():
+    from chexcli.demo.pretrain import prompt_groups
+
+    class Model:
+        prompts = {"prompt_sets": {"anat": {"left lung": ["Left lung", "Left lung field"]},
+                                   "vindr": {"v/Pneumothorax": ["Pneumothorax"]},
+                                   "cig": {"c/pneumothorax": ["Pneumothorax"], "c/edema": ["Edema"]},
+                                   "neg": {"v/Pneumothorax": ["No pneumothorax"]}},
+                   "model_prompt_assembly": {"anatomy_prompts": ["anat"], "pathology_pos_prompts": ["vindr", "cig"],
+                                             "pathology_neg_prompts": ["neg"]}}
+
+    assert prompt_groups(Model()) == [["Left lung", "Left lung field"], ["Pneumothorax"], ["Edema"],
+                                      ["No pneumothorax"]]
+
+
+def test_text_pretraining_moves_prompt_names_apart(tiny_bundle):
+    from chexcli.demo.pretrain import prompt_groups, pretrain_text_tower
+
+    torch.manual_seed(0)
+    model = load_bundle(tiny_bundle)
+    groups = prompt_groups(model)[:24]
+
+    def closest_other() -> float:
+        with torch.no_grad():
+            e = torch.nn.functional.normalize(torch.stack([model.encode_sentences(g).mean(0) for g in groups]), dim=-1)
+        sim = e @ e.t()
+        return float(sim.fill_diagonal_(-1).max())
+
+    before = closest_other()
+    losses = pretrain_text_tower(model, groups, updates=40)
+    assert losses[-1] < 0.5 * losses[0]
+    assert closest_other() < before
+    assert not model.txt_encoder.training and model.txt_encoder.cache_enabled  # the cache is cleared, not stale

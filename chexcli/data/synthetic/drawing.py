@@ -19,6 +19,9 @@ from chexcli.data.synthetic.scene import F32, SIDE, SIGN, Scene
 from chexcli.data.synthetic.shapes import anatomy_masks, segment_distance2, side_width
 
 
+AIR_BRONCHOGRAM = 0.3  # density taken out along the marking streaks inside a consolidation
+
+
 @dataclass
 class Rendered:
     image: np.ndarray  # uint8 (SIDE, SIDE)
@@ -45,8 +48,8 @@ def render(sc: Scene, seed: int, index: int, with_findings: bool = True) -> Rend
 
     boxes: list = []
     if with_findings:  # (the opacity texture is drawn last from the noise stream)
-        add, no_marks, boxes = draw_findings(sc, u, v, lungs, A, rng)
-        d += add
+        add, no_marks, air, boxes = draw_findings(sc, u, v, lungs, A, rng)
+        d += add - F32(AIR_BRONCHOGRAM) * _air_bronchograms(sc, u, v, air)
         marks *= ~no_marks
     d += F32(4 * sc.look["markings"]) * marks
     anatomy = {name: bbox(mask) for name, mask in A.items()}
@@ -105,6 +108,26 @@ def _vessel_markings(d: np.ndarray, sc: Scene, u, v, lungs: dict) -> np.ndarray:
         du, dv = u[sl] - hu, v[sl] - hv
         d[sl] += F32(0.07) * np.exp((du * du + dv * dv) * F32(-1 / (2 * 9.0 ** 2)))
     return marks
+
+
+def _air_bronchograms(sc: Scene, u, v, air: np.ndarray) -> np.ndarray:
+    """Aerated bronchi inside a consolidation: branching lucent streaks that point back to the
+    hilum and, unlike the vessel markings, do not fade towards the periphery; 0 outside ``air``."""
+    out = np.zeros(u.shape, dtype=F32)
+    box = bbox(air)
+    if box is None:
+        return out
+    sl = (slice(int(box[1]), int(box[3])), slice(int(box[0]), int(box[2])))
+    for side in ("right", "left"):
+        hu, hv = sc.hilum(side)
+        here = air[sl] & (SIGN[side] * u[sl] > 0)
+        if not here.any():
+            continue
+        du, dv = u[sl] - hu, v[sl] - hv
+        theta = fast_atan2(dv, du * SIGN[side])
+        streak = np.clip(np.cos(2 * sc.look["marking_freq"][0] * theta + sc.look["marking_phase"][0]), 0, 1)
+        out[sl] += streak ** 6 * here
+    return out
 
 
 def _markings(du, dv, sign: float, look: dict):

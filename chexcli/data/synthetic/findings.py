@@ -12,9 +12,11 @@ from chexcli.data.synthetic.shapes import lung_x_out
 
 
 def draw_findings(sc: Scene, u, v, lungs: dict, A: dict, rng: np.random.Generator):
-    """(density added by the findings, where lung markings vanish, one box per finding)."""
+    """(density added by the findings, where lung markings vanish, where they turn into air
+    bronchograms (lucent instead of dense), one box per finding)."""
     add = np.zeros(u.shape, dtype=F32)
     no_marks = np.zeros(u.shape, dtype=bool)
+    air = np.zeros(u.shape, dtype=bool)
     boxes = []
     for f in sc.findings:
         p = f.params
@@ -39,9 +41,12 @@ def draw_findings(sc: Scene, u, v, lungs: dict, A: dict, rng: np.random.Generato
             add[sl] += F32(p["amp"]) * alpha
             mask[sl] = alpha > 0.25
         elif f.kind == "consolidation":
+            # airspace filling below the fissure; the bronchi stay aerated (air bronchograms,
+            # drawn by the caller from the vessel-marking pattern), which an effusion never shows
             mask = lung & (t > p["fissure"] + p["slope"] * (1 - np.clip(r, 0, 1)))
             add += mask * F32(0.42)
             no_marks |= mask
+            air |= mask
         elif f.kind == "effusion":
             rr = 1 - np.clip(r, 0, 1)
             mask = lung & (t > p["level"] + p["meniscus"] * rr * np.sqrt(rr))
@@ -55,7 +60,7 @@ def draw_findings(sc: Scene, u, v, lungs: dict, A: dict, rng: np.random.Generato
         else:  # pragma: no cover
             raise ValueError(f.kind)
         boxes.append(bbox(mask))
-    return add, no_marks, boxes
+    return add, no_marks, air, boxes
 
 
 def _pneumothorax(sc: Scene, side: str, u, lung, t, p: dict) -> np.ndarray:

@@ -74,8 +74,10 @@ def _sample_lung_finding(sc: Scene, kind: str, rng: np.random.Generator) -> Find
                     return Finding(kind, side, zone, "small" if r < 17 else "",
                                    {"u": c[0], "v": c[1], "r": r, "amp": float(rng.uniform(0.45, 0.55))})
             else:
-                ru, rv = float(rng.uniform(24, 32)), float(rng.uniform(24, 32))
-                c = _point_in_zone(sc, side, zone, 0.5 * min(ru, rv), rng)
+                # an ill-defined patch larger than a nodule, away from the hilum whose shadow it
+                # would otherwise merge with
+                ru, rv = float(rng.uniform(28, 38)), float(rng.uniform(28, 38))
+                c = _point_in_zone(sc, side, zone, 0.5 * min(ru, rv), rng, lateral=0.35)
                 if c is not None:
                     return Finding(kind, side, zone, "", {"u": c[0], "v": c[1], "ru": ru, "rv": rv,
                                                           "amp": float(rng.uniform(0.42, 0.5)),
@@ -83,14 +85,16 @@ def _sample_lung_finding(sc: Scene, kind: str, rng: np.random.Generator) -> Find
     return None
 
 
-def _point_in_zone(sc: Scene, side: str, zone: str, margin: float, rng) -> tuple[float, float] | None:
-    """A point of the lung zone whose circle of radius ``margin`` lies inside the lung."""
+def _point_in_zone(sc: Scene, side: str, zone: str, margin: float, rng,
+                   lateral: float = 0.0) -> tuple[float, float] | None:
+    """A point of the lung zone whose circle of radius ``margin`` lies inside the lung, in the
+    outer ``1 - lateral`` of the hemithorax's width."""
     a, b = ZONES[zone]
     ang = np.linspace(0, 2 * math.pi, 12, endpoint=False)
     for _ in range(60):
         t = rng.uniform(a + 0.05, b - 0.05)
         v = sc.v_top + t * sc.lung_height(side)
-        u = SIGN[side] * rng.uniform(sc.m, sc.w[side])
+        u = SIGN[side] * rng.uniform(sc.m + lateral * (sc.w[side] - sc.m), sc.w[side])
         pu = np.concatenate([[u], u + margin * np.cos(ang)])
         pv = np.concatenate([[v], v + margin * np.sin(ang)])
         if lung_mask(sc, side, pu, pv).all():
