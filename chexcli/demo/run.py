@@ -50,7 +50,7 @@ class DemoPlan:
     common: tuple[str, ...] = ("model.dropout_scale=0", "run.log_every=10", "data.augmentation=none",
                                "run.cache_frozen_encodings=true")
     stage1: tuple[str, ...] = ("model.image_encoder_trainable_blocks=0", "optim.lr=2e-3", "optim.warmup_steps=20",
-                               "loss.anatomy_detection=2.0", "loss.pathology_detection=30.0",
+                               "loss.anatomy_detection=3.0", "loss.pathology_detection=30.0",
                                "loss.anatomy_classification=30.0",
                                "model.train_text_encoder=false", "loss.global_contrastive=0",
                                "loss.sentence_contrastive=0", "supervision.randomize_prompts=false",
