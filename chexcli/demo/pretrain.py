@@ -13,6 +13,11 @@ dropped, on the patch grid (N, g, g) of every training image:
   regions  the LayerNorm-ed features soft-ROI pooled over each ground-truth anatomy box, as the
            detector pools its boxes, -> that region's finding labels (binary cross-entropy).
 
+Then the text tower (`pretrain_text_tower`, `text_updates` > 0) learns to keep the prompt
+names apart: a symmetric InfoNCE between two draws of one synonym per anatomy and pathology
+name (CheXzero's text tower tells "Lung opacity" from "Left hilar structures"; a random one
+embeds them alike).
+
 The result is a bundle (provenance stage "pretrain") that `chex train --stage 1 --init` takes
 like a CheXzero bundle.
 """

@@ -3,14 +3,14 @@
 Everything goes into one run folder (default runs/demo/demo, demo2, ...):
 
     data/                     the synthetic processed folder (`chex data prepare synthetic`)
-    train/pretrain/           the image tower pretrained on the synthetic train split, a stand-in
-                              for CheXzero's weights (chexcli.demo.pretrain)
+    train/pretrain/           the image and text towers pretrained on the synthetic train split, a
+                              stand-in for CheXzero's weights (chexcli.demo.pretrain)
     train/{stage1,txtgen,stage2,stage3}/   the four `chex train` runs (bundle/ in each)
     evaluation/               rc_cig (region classification) from the evaluation package
     predict/<image>/          `chex predict` on a few test images: annotated PNGs + predictions.jsonl
     summary.json, summary.txt the checks against the baselines, paths and next commands
 
-The full demo trains a `tiny-cnn` model (the `tiny` ChEX with a small convolutional image
+The full demo trains a `demo-cnn` model (ChEX at width 64 with a convolutional image
 tower, chexcli.model.conv_encoder) for a few CPU minutes and fails (exit 1) unless it
 beats the trivial baselines (chexcli.demo.checks); `--quick` runs every step at toy scale
 and reports the checks without enforcing them. docs/demo.md has the plan, the checks and
@@ -140,7 +140,7 @@ def _train_all(out: Path, data: Path, plan: DemoPlan, seed: int, echo) -> dict[s
 
     from chexcli.demo.pretrain import pretrain_bundle
 
-    echo("\n== 2/8 image tower pretraining (a stand-in for CheXzero's weights)")
+    echo("\n== 2/8 image and text tower pretraining (a stand-in for CheXzero's weights)")
     pretrained = pretrain_bundle(data, out / "pretrain" / "bundle", plan.model_config, plan.pretrain_steps,
                                  plan.batch_size, seed=seed, echo=echo, text_updates=plan.text_pretrain_steps)
     bundles = {"pretrain": pretrained,
