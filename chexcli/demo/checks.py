@@ -21,13 +21,13 @@ Three checks, each measured on the test split of a synthetic processed folder
   (all-point interpolation, tied scores ranked as one block) averaged over the classes with a ground-truth box in the
   split. Baseline: per class the constant train box that hits (IoU >= 0.5) the most train
   boxes of the class, predicted in every image with one constant score, so ranking carries
-  no information. Passes when the AP is at least 0.15 above the baseline.
+  no information. Passes when the AP is at least 0.3 above the baseline.
 * **region sentences**: for every test finding, its region's anatomy name (e.g. "left upper
   lung zone") is the text prompt; the 29 anatomy prompts of the image are detected jointly
   (the post decoder sees all of them, as in stage-3 training and in `chex predict` with
   these prompts) and the region's feature is described by the sentence generator (greedy,
   at most 24 new tokens). Baseline: per anatomy name the most frequent region sentence of
-  the train split. Passes when more than half of the generated sentences are right and
+  the train split. Passes when more than 60 % of the generated sentences are right and
   the right fraction is at least 0.2 above the baseline's ("clearly above").
 
 A generated sentence is **right** for a finding of kind K in region A when
@@ -81,8 +81,8 @@ MAX_NEW_TOKENS = 24
 
 GROUNDING_MIN_IOU = 0.5
 GROUNDING_MARGIN = 0.1
-DETECTION_MARGIN = 0.15
-SENTENCE_MIN = 0.5  # strictly more than half
+DETECTION_MARGIN = 0.3  # 0.15 before the demo-cnn plan
+SENTENCE_MIN = 0.6  # strictly more; 0.5 before the demo-cnn plan
 SENTENCE_MARGIN = 0.2
 
 FINDING_WORDS = {

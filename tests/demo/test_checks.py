@@ -139,11 +139,11 @@ def test_check_rows_apply_the_thresholds():
     assert C.grounding_check(g(0.6), g(0.45)).passed
     assert not C.grounding_check(g(0.6), g(0.55)).passed  # needs baseline + 0.1
     assert not C.grounding_check(g(0.49), g(0.1)).passed  # needs 0.5
-    assert C.detection_check(d(0.35), d(0.2)).passed
-    assert not C.detection_check(d(0.34), d(0.2)).passed  # needs baseline + 0.15
+    assert C.detection_check(d(0.5), d(0.2)).passed
+    assert not C.detection_check(d(0.49), d(0.2)).passed  # needs baseline + 0.3
     assert not C.detection_check(d(float("nan")), d(0.0)).passed
-    assert C.sentence_check_row(s(0.6), s(0.1)).passed
-    assert not C.sentence_check_row(s(0.5), s(0.0)).passed  # more than half
+    assert C.sentence_check_row(s(0.61), s(0.1)).passed
+    assert not C.sentence_check_row(s(0.6), s(0.0)).passed  # more than 60 %
     assert not C.sentence_check_row(s(0.7), s(0.55)).passed  # clearly above: + 0.2
 
 
