@@ -41,18 +41,15 @@ TARGETS = {"presence_auroc": 0.9, "anatomy_sentences": 0.8, "box_sentences": 0.7
            "anatomy_best_iou": 0.75}
 
 
-def _spread_rows(df: pd.DataFrame, k: int | None) -> pd.DataFrame:
-    if k is None or len(df) <= k:
-        return df
-    return df.iloc[np.unique(np.linspace(0, len(df) - 1, k).round().astype(int))]
-
-
 def load_split(data_dir: Path, split: str = "test", max_images: int | None = 200) -> pd.DataFrame:
-    """The split's images: dicom_id, sample_id, findings (list), anat_boxes, anat_labels (dicts)."""
+    """The split's images: dicom_id, sample_id, findings (list), anat_boxes, anat_labels (dicts);
+    at most ``max_images``, evenly spread as the checks spread theirs."""
+    from chexcli.demo.checks import _spread
+
     truth = pd.read_csv(data_dir / "synthetic.csv", dtype={"sample_id": str}, keep_default_na=False)
     cig = pd.read_csv(data_dir / CIG_TEST.format(split=split), dtype={"sample_id": str}, keep_default_na=False)
     df = cig.merge(truth[["sample_id", "findings"]], on="sample_id", how="left")
-    df = _spread_rows(df.reset_index(drop=True), max_images).reset_index(drop=True)
+    df = df.iloc[_spread(list(range(len(df))), max_images)].reset_index(drop=True)
     for col in ("findings", "anat_boxes", "anat_labels"):
         df[col] = [json.loads(v) if v else ([] if col == "findings" else {}) for v in df[col]]
     return df
