@@ -65,7 +65,7 @@ class DemoPlan:
                                "supervision.generation_sampling=balanced", "supervision.max_generated_sentences=32")
 
 
-FULL = DemoPlan(images=4000, model_config="demo-cnn", pretrain_steps=1000, text_pretrain_steps=150, stage1_steps=1800,
+FULL = DemoPlan(images=4000, model_config="demo-cnn", pretrain_steps=800, text_pretrain_steps=150, stage1_steps=1400,
                 txtgen_steps=300, stage2_steps=150, stage3_steps=1000, stage3_batch_size=16)
 QUICK = DemoPlan(images=120, model_config="demo-cnn", pretrain_steps=3, text_pretrain_steps=3, stage1_steps=3,
                  txtgen_steps=3, stage2_steps=2,

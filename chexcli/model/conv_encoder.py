@@ -10,7 +10,10 @@ generator are unchanged.
 
 Layout: log2(patch_size) stages of 3x3 convolution (stride 2), batch norm and ReLU with
 width/4, width/2, then width channels, and a 1x1 projection to output_dim. Positions are
-fixed 2-D sine-cosine embeddings. A frozen tower (no trainable parameter) keeps its batch-norm
+fixed 2-D sine-cosine embeddings, added to the patch features as a ViT's tokens carry theirs:
+a convolution sees about 63 pixels around a patch, so without them a box pooled around a
+small finding could not tell its side or zone (box prompts said "right mid lung zone" for a
+nodule anywhere). A frozen tower (no trainable parameter) keeps its batch-norm
 statistics in training mode too.
 """
 
@@ -47,7 +50,7 @@ def stage_channels(cfg: VisionConfig) -> list[int]:
 
 
 class ConvTower(nn.Module):
-    """images (N, 1, S, S) -> patch features (N, S/patch, S/patch, output_dim)."""
+    """images (N, 1, S, S) -> patch features (N, S/patch, S/patch, output_dim), positions added."""
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -63,7 +66,8 @@ class ConvTower(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         for stage in self.stages:
             x = stage(x)
-        return self.proj(x).permute(0, 2, 3, 1)
+        g = self.cfg.grid
+        return self.proj(x).permute(0, 2, 3, 1) + self.positions.to(x.dtype).view(g, g, -1)
 
     def train(self, mode: bool = True) -> "ConvTower":
         """A frozen tower stays in eval mode: its batch-norm statistics are part of its weights."""

@@ -99,6 +99,17 @@ def test_freezing_counts_stages_as_blocks(cnn_model, blocks, trained_stages):
     cnn_model.requires_grad_(False)
 
 
+def test_positions_are_added_to_the_patch_features(cnn_model):
+    """A uniform image gives every inner cell the same convolution output, so the cells differ
+    exactly by their sine-cosine positions (a box pooled anywhere knows its place)."""
+    with torch.no_grad():
+        feats = cnn_model.encode_image(torch.zeros(1, 224, 224)).patch_features[0]  # (7, 7, 32)
+    content = feats - sincos_positions(7, 32).view(7, 7, 32)
+    inner = content[1:-1, 1:-1].reshape(-1, 32)  # cells whose 3x3 windows see no padding
+    assert torch.allclose(inner, inner[:1].expand_as(inner), atol=1e-5)
+    assert not torch.allclose(feats[1, 1], feats[1, 2], atol=1e-3)
+
+
 def test_preset_and_config_validation():
     cfg = model_config("tiny-cnn", clip_vocab_size=300, gpt2_vocab_size=300, eos_token_id=0)
     assert cfg.vision.kind == "cnn" and model_config("tiny", 300, 300, 0).vision.kind == "vit"
