@@ -3,7 +3,7 @@
 Builds the demo's stage-1 model (`tiny-cnn`, random weights; the tower frozen as the demo
 freezes it) on a small synthetic folder and times forward + backward + AdamW of the
 stage-1 objective with the demo's recipe, per update, once encoding every image and once
-through `FrozenEncodingCache` after one epoch has filled it (the steady state of epochs
+through the frozen-encoding cache after one epoch has filled it (the steady state of epochs
 2 and later). It also times `encode_targets` for 256 region sentences with the token cache
 cold and warm. Prints one JSON object.
 
@@ -31,7 +31,7 @@ from chexcli.demo.run import FULL  # noqa: E402
 from chexcli.model.gpt2_text import build_tiny_gpt2_tokenizer  # noqa: E402
 from chexcli.train import generation  # noqa: E402
 from chexcli.train.data_setup import dataset_names, training_dataset  # noqa: E402
-from chexcli.train.encoding_cache import FrozenEncodingCache  # noqa: E402
+from chexcli.train.encoding_cache import shared_cache  # noqa: E402
 from chexcli.train.freezing import apply_freezing  # noqa: E402
 from chexcli.train.objective import ChexObjective  # noqa: E402
 from chexcli.train.recipe import resolve_recipe  # noqa: E402
@@ -78,13 +78,13 @@ def main() -> None:
         classes, anatomies, multi = dataset_names(dataset)
         sup = SupervisionOptions(**recipe["supervision"])
 
-        def objective(encodings):
+        def objective(cache_encodings: bool):
             return ChexObjective(model, LossWeights(**recipe["loss"]), sup, classes, anatomies,
-                                 multi if sup.use_multiboxes else [], encodings)
+                                 multi if sup.use_multiboxes else [], cache_encodings)
 
-        plain = time_updates(objective(None), batches, args.updates)
-        cache = FrozenEncodingCache()
-        cached_objective = objective(cache)
+        plain = time_updates(objective(False), batches, args.updates)
+        cache = shared_cache(model.img_encoder, model.device)  # the cache the objective looks up
+        cached_objective = objective(True)
         for b in batches:  # one epoch fills the cache
             cache.encode(model, b["x"])
         cached = time_updates(cached_objective, batches, args.updates)

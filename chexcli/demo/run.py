@@ -40,6 +40,7 @@ class DemoPlan:
     stage2_steps: int
     stage3_steps: int
     batch_size: int = 16
+    stage1_batch_size: int = 16
     stage3_batch_size: int = 8
     text_pretrain_steps: int = 0
     predict_images: int = 3
@@ -50,7 +51,7 @@ class DemoPlan:
     common: tuple[str, ...] = ("model.dropout_scale=0", "run.log_every=10", "data.augmentation=none",
                                "run.cache_frozen_encodings=true")
     stage1: tuple[str, ...] = ("model.image_encoder_trainable_blocks=0", "optim.lr=2e-3", "optim.warmup_steps=20",
-                               "loss.anatomy_detection=3.0", "loss.pathology_detection=30.0",
+                               "loss.anatomy_detection=5.0", "loss.pathology_detection=30.0",
                                "loss.anatomy_classification=30.0",
                                "model.train_text_encoder=false", "loss.global_contrastive=0",
                                "loss.sentence_contrastive=0", "supervision.randomize_prompts=false",
@@ -65,11 +66,12 @@ class DemoPlan:
                                "supervision.generation_sampling=balanced", "supervision.max_generated_sentences=32")
 
 
-FULL = DemoPlan(images=4000, model_config="demo-cnn", pretrain_steps=800, text_pretrain_steps=150, stage1_steps=1400,
-                txtgen_steps=300, stage2_steps=150, stage3_steps=1000, stage3_batch_size=16)
+FULL = DemoPlan(images=4000, model_config="demo-cnn", pretrain_steps=1000, text_pretrain_steps=150, stage1_steps=1000,
+                txtgen_steps=300, stage2_steps=150, stage3_steps=1000, stage1_batch_size=32, stage3_batch_size=16)
 QUICK = DemoPlan(images=120, model_config="demo-cnn", pretrain_steps=3, text_pretrain_steps=3, stage1_steps=3,
                  txtgen_steps=3, stage2_steps=2,
-                 stage3_steps=2, batch_size=8, stage3_batch_size=4, predict_images=2, eval_images=12, workers=0)
+                 stage3_steps=2, batch_size=8, stage1_batch_size=8, stage3_batch_size=4, predict_images=2, eval_images=12,
+                 workers=0)
 
 
 @dataclass
@@ -145,7 +147,7 @@ def _train_all(out: Path, data: Path, plan: DemoPlan, seed: int, echo) -> dict[s
                                  plan.batch_size, seed=seed, echo=echo, text_updates=plan.text_pretrain_steps)
     bundles = {"pretrain": pretrained,
                "1": stage("3/8 stage 1: detector (image tower frozen)", "1", "stage1", plan.stage1_steps,
-                          plan.batch_size, plan.stage1, init=pretrained)}
+                          plan.stage1_batch_size, plan.stage1, init=pretrained)}
     bundles["txtgen"] = stage("4/8 txtgen: sentence generator on report sentences", "txtgen", "txtgen",
                               plan.txtgen_steps, plan.batch_size, plan.txtgen, init=bundles["1"])
     bundles["2"] = stage("5/8 stage 2: post decoder", "2", "stage2", plan.stage2_steps, plan.batch_size, plan.stage2,

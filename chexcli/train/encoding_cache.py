@@ -8,7 +8,12 @@ the demo's frozen convolutional tower it is a quarter of a stage-1 update on a C
 `FrozenEncodingCache` keys the encodings by a digest of the preprocessed image
 tensor itself, not by sample id, so it cannot return a stale encoding: an augmented
 image is a new key (a miss, and then a new entry until the memory cap is reached).
-The trainer builds one only with `run.cache_frozen_encodings: true` and no augmentation.
+The trainer uses one only with `run.cache_frozen_encodings: true` and no augmentation.
+
+`shared_cache` keeps one cache per process for the tower's exact weights: consecutive runs
+in one process whose frozen tower is the same (`chex demo`'s stages 1, 2 and 3, all on the
+pretrained tower) encode each image once between them. A tower with other weights, or on
+another device, gets a new cache and the old one is dropped.
 """
 
 from __future__ import annotations
@@ -43,6 +48,15 @@ def image_digest(image: Tensor) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{image.dtype}{tuple(image.shape)}".encode())
     h.update(image.contiguous().numpy().tobytes())
+    return h.digest()
+
+
+def tower_digest(encoder: nn.Module) -> bytes:
+    """16-byte digest of a module's parameters and buffers (names, dtypes, shapes and values)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in encoder.state_dict().items():
+        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.digest()
 
 
@@ -86,3 +100,16 @@ class FrozenEncodingCache:
         rows = [fresh[i] if i in fresh else self._entries[k] for i, k in enumerate(keys)]
         patch, pos, glob = (torch.stack(parts) for parts in zip(*rows))
         return ImageEncoding(patch, pos, glob)
+
+
+_shared: dict[tuple[bytes, str], FrozenEncodingCache] = {}
+
+
+def shared_cache(encoder: nn.Module, device) -> FrozenEncodingCache:
+    """The process's cache for this tower's weights on `device` (see the module docstring);
+    call it once the weights are loaded, as they are when the first batch is encoded."""
+    key = (tower_digest(encoder), str(device))
+    if key not in _shared:
+        _shared.clear()
+        _shared[key] = FrozenEncodingCache()
+    return _shared[key]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chexcli.data.names import multibox_mapping
-from chexcli.train.encoding_cache import FrozenEncodingCache, is_frozen
+from chexcli.train.encoding_cache import FrozenEncodingCache, is_frozen, shared_cache
 from chexcli.train.generation import generation_losses
 from chexcli.train.prompts import anatomy_bank, pathology_banks
 from chexcli.train.loss_terms import LossTerms
@@ -26,16 +26,18 @@ from chexcli.train.supervisors import (LossWeights, SupervisionOptions, anatomy_
 class ChexObjective(nn.Module):
     """Wraps the model so DDP sees one module whose forward returns the loss.
 
-    With `encodings` set, a frozen image tower encodes each image once (`FrozenEncodingCache`).
+    With `cache_encodings`, a frozen image tower encodes each image once (`FrozenEncodingCache`,
+    the process's `shared_cache` of the tower, looked up at the first batch).
     `weights` are the loss coefficients, `box_coefficients` those of box regression and matching.
     """
 
     def __init__(self, model, weights: LossWeights, options: SupervisionOptions, class_names: list[str],
-                 anatomy_names: list[str], multi_names: list[str], encodings: FrozenEncodingCache | None = None,
+                 anatomy_names: list[str], multi_names: list[str], cache_encodings: bool = False,
                  box_coefficients: BoxCoefficients = BoxCoefficients()):
         super().__init__()
         self.model = model
-        self.encodings = encodings
+        self.cache_encodings = cache_encodings
+        self.encodings: FrozenEncodingCache | None = None
         self.weights = weights
         self.box_coefficients = box_coefficients
         self.options = options
@@ -56,7 +58,9 @@ class ChexObjective(nn.Module):
         for bank in (self.anatomy, self.multi, self.pos, self.neg):
             if bank is not None:
                 bank.new_step()
-        if self.encodings is not None and is_frozen(self.model.img_encoder):
+        if self.cache_encodings and is_frozen(self.model.img_encoder):
+            if self.encodings is None:
+                self.encodings = shared_cache(self.model.img_encoder, self.model.device)
             enc = self.encodings.encode(self.model, batch["x"])
         else:
             enc = self.model.encode_image(batch["x"].to(self.model.device, non_blocking=True))
@@ -164,7 +168,7 @@ def make_objective(stage: str, model, recipe: dict, names: tuple[list[str], list
     # without augmentation a frozen image tower sees the same image tensors every epoch
     cache = recipe["run"].get("cache_frozen_encodings") and recipe["data"].get("augmentation") == "none"
     return ChexObjective(model, LossWeights(**recipe["loss"]), options, classes, anatomies,
-                         multi if options.use_multiboxes else [], FrozenEncodingCache() if cache else None)
+                         multi if options.use_multiboxes else [], bool(cache))
 
 
 __all__ = ["ChexObjective", "TxtgenObjective", "make_objective"]

@@ -9,7 +9,7 @@ from chexcli.model.config import ChexConfig
 from chexcli.model.layers import DropPath, MultiheadAttention
 from chexcli.model.presets import tiny as tiny_config
 from chexcli.model.tiny import build_tiny_model
-from chexcli.train.encoding_cache import FrozenEncodingCache, image_digest, is_frozen
+from chexcli.train.encoding_cache import FrozenEncodingCache, image_digest, is_frozen, shared_cache, tower_digest
 from chexcli.train.generation import encode_targets
 from chexcli.train.freezing import apply_freezing
 
@@ -59,6 +59,26 @@ def test_a_changed_pixel_is_a_new_entry_and_a_full_cache_still_answers(cnn_model
     b = cache.encode(model, image)
     torch.testing.assert_close(a.patch_features, b.patch_features)
     assert len(cache) == 0 and cache.misses == 2 and cache.bytes == 0
+
+
+def test_runs_with_the_same_frozen_tower_share_one_cache(cnn_model):
+    """chex demo's stages 1, 2 and 3 load the same pretrained tower: the later stages find the
+    images stage 1 encoded; a tower with other weights starts a new cache."""
+    model = _frozen(cnn_model)
+    torch.manual_seed(2)
+    images = torch.randn(3, 224, 224)
+    first = shared_cache(model.img_encoder, model.device)
+    first.encode(model, images)
+    again = shared_cache(model.img_encoder, model.device)  # a later run: same weights, same device
+    assert again is first
+    before = again.hits
+    again.encode(model, images)
+    assert again.hits == before + 3
+    other = _frozen(build_tiny_model(seed=5, tokenizer_dir=None, config=cnn_model.cfg))
+    assert tower_digest(other.img_encoder) != tower_digest(model.img_encoder)
+    fresh = shared_cache(other.img_encoder, other.device)
+    assert fresh is not first and len(fresh) == 0
+    assert shared_cache(model.img_encoder, "meta") is not fresh  # another device, another cache
 
 
 def test_trainable_or_stochastic_towers_are_not_frozen(cnn_model):
