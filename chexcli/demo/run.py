@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,6 +47,11 @@ class DemoPlan:
     predict_images: int = 3
     eval_images: int | None = None
     workers: int = 1
+    # torch threads of the four training stages (None: the process's). The model is small, so an
+    # update is mostly per-operation overhead on one core; a second OpenMP thread competes with
+    # the data-loader process for the second core (2 cores: stage 1 167 s on one thread, 192 s
+    # on two; stage 3 69 s against 89 s). The pretraining's convolutions keep every thread.
+    stage_threads: int | None = 1
     # recipe changes for a model trained from random weights on a small synthetic set
     # (see docs/demo.md): less dropout, larger learning rates, detection weighted up
     common: tuple[str, ...] = ("model.dropout_scale=0", "run.log_every=10", "data.augmentation=none",
@@ -137,7 +143,8 @@ def _train_all(out: Path, data: Path, plan: DemoPlan, seed: int, echo) -> dict[s
                             model_config=plan.model_config, out=out, name=name, sets=sets, max_steps=steps,
                             batch_size=batch, val_every=0, checkpoint_every=max(steps, 1), seed=seed,
                             device="cpu", progress=True)
-        run_dir = train(opts, echo=echo)
+        with _torch_threads(plan.stage_threads):
+            run_dir = train(opts, echo=echo)
         return run_dir / "bundle"
 
     from chexcli.demo.pretrain import pretrain_bundle
@@ -155,6 +162,20 @@ def _train_all(out: Path, data: Path, plan: DemoPlan, seed: int, echo) -> dict[s
     bundles["3"] = stage("6/8 stage 3: sentences from region features", "3", "stage3", plan.stage3_steps,
                          plan.stage3_batch_size, plan.stage3, init=bundles["2"], init_generator=bundles["txtgen"])
     return bundles
+
+
+@contextmanager
+def _torch_threads(threads: int | None):
+    """At most `threads` torch threads inside the block (None: unchanged)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(max(1, min(threads, before)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _evaluate(bundle: Path, data: Path, out: Path, plan: DemoPlan, quick: bool, echo) -> list:

@@ -109,3 +109,24 @@ def test_full_demo_beats_the_baselines(tmp_path):
     summary = json.loads((tmp_path / "runs" / "demo" / "summary.json").read_text())
     failed = [c for c in summary["checks"] if c["enforced"] and not c["passed"]]
     assert res.returncode == 0 and summary["passed"], (failed, res.stderr[-3000:])
+
+
+def test_training_stages_run_on_at_most_the_plans_threads():
+    import torch
+
+    from chexcli.demo.run import FULL, _torch_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with _torch_threads(FULL.stage_threads):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with _torch_threads(None):
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError):
+            with _torch_threads(1):
+                raise RuntimeError("a failing stage")
+        assert torch.get_num_threads() == 2  # restored after a failure too
+    finally:
+        torch.set_num_threads(before)
