@@ -60,93 +60,124 @@ def best_candidate(query) -> list[float]:
     return max(query.regions, key=lambda r: r.weight).box
 
 
+class _Tally:
+    """What one pass over the split collects: presence scores, anatomy box IoUs and the region
+    features to describe (each a (finding kind or None, region, feature) triple)."""
+
+    def __init__(self, kinds: list[str], names: list[str]):
+        self.kinds, self.names = kinds, names
+        self.scores: dict[str, list[float]] = {k: [] for k in kinds}
+        self.has: dict[str, list[bool]] = {k: [] for k in kinds}
+        self.best_iou: list[float] = []
+        self.drawn_iou: list[float] = []
+        self.drawn: list[bool] = []
+        self.per_anatomy: dict[str, list[tuple[float, bool]]] = {n: [] for n in names}  # (best IoU, drawn)
+        self.anat_q: list[tuple] = []
+        self.box_q: list[tuple] = []
+        self.normal_q: list[tuple] = []
+
+    def add_presence(self, pred, findings: list[dict]) -> None:
+        """One image's answers to the finding prompts (``FINDING_PROMPTS`` order)."""
+        present_kinds = {f["kind"] for f in findings}
+        for k, q in zip(self.kinds, pred.queries):
+            self.scores[k].append(q.score)
+            self.has[k].append(k in present_kinds)
+
+    def add_anatomy(self, pred, row, normal_regions: Sequence[str]) -> None:
+        """One image's answers to the anatomy names, then to its findings' boxes."""
+        by_name = dict(zip(self.names, pred.queries[: len(self.names)]))
+        for name, q in by_name.items():
+            truth = row["anat_boxes"].get(name)
+            if truth is None:
+                continue
+            shown = q.box if q.present else best_candidate(q)
+            best = float(box_iou_xyxy(np.array([best_candidate(q)]), np.array([truth]))[0, 0])
+            self.best_iou.append(best)
+            self.drawn_iou.append(float(box_iou_xyxy(np.array([shown]), np.array([truth]))[0, 0]))
+            self.drawn.append(q.present)
+            self.per_anatomy[name].append((best, q.present))
+        for f, q in zip(row["findings"], pred.queries[len(self.names):]):
+            region = f["regions"][0]
+            self.anat_q.append((f["kind"], region, by_name[region].features))
+            self.box_q.append((f["kind"], region, q.features))
+        for region in normal_regions:
+            if row["anat_labels"].get(region) == ["normal"]:
+                self.normal_q.append((None, region, by_name[region].features))
+
+
+def _describe(model, queries: list[tuple], device, max_new_tokens: int) -> list[str]:
+    """Greedy sentences of the queries' region features, 256 at a time ([] without a generator)."""
+    if not queries or model.txt_decoder is None or model.decode is None:
+        return []
+    feats = torch.tensor([f for _, _, f in queries], dtype=torch.float32, device=device)
+    out: list[str] = []
+    for start in range(0, len(feats), 256):
+        out += model.describe(feats[start:start + 256], max_new_tokens=max_new_tokens)
+    return out
+
+
+def _sentence_measure(queries: list[tuple], sentences: list[str], can_describe: bool) -> dict:
+    """Share of right sentences, overall and per finding kind, with the first six as examples."""
+    from chexcli.demo.checks import sentence_is_right
+
+    if not can_describe:
+        return {"right": float("nan"), "regions": 0, "per_kind": {}, "examples": []}
+    right = [sentence_is_right(s, k, r) for (k, r, _), s in zip(queries, sentences)]
+    per_kind: dict[str, list[bool]] = {}
+    for (k, _, _), ok in zip(queries, right):
+        per_kind.setdefault(k, []).append(ok)
+    return {"right": float(np.mean(right)) if right else float("nan"), "regions": len(right),
+            "per_kind": {k: float(np.mean(v)) for k, v in sorted(per_kind.items())},
+            "examples": [{"kind": k, "region": r, "generated": s}
+                         for (k, r, _), s in list(zip(queries, sentences))[:6]]}
+
+
+def _mean(values: list) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
 def measure_targets(model, data_dir, split: str = "test", max_images: int | None = 200, batch_size: int = 16,
                     max_new_tokens: int = 24) -> dict:
     """The measures of the module docstring on ``split`` of a synthetic folder (at most ``max_images``)."""
     from chexcli.data.images.cache import open_cache
-    from chexcli.demo.checks import FINDING_REGIONS, affirmed_kinds, presence_auroc, sentence_is_right
+    from chexcli.demo.checks import FINDING_REGIONS, affirmed_kinds, presence_auroc
     from chexcli.predict import Predictor
 
     data_dir = Path(data_dir)
     df = load_split(data_dir, split, max_images)
     cache, index = open_cache(data_dir)
     names = anatomy_names("cig_default")
-    kinds = list(FINDING_PROMPTS)
+    tally = _Tally(list(FINDING_PROMPTS), names)
     predictor = Predictor(model, generate=False, return_features=True)
-    scores = {k: [] for k in kinds}
-    has = {k: [] for k in kinds}
-    best_iou, drawn_iou, drawn = [], [], []
-    per_anatomy: dict[str, list[tuple[float, bool]]] = {n: [] for n in names}  # (best IoU, drawn)
-    anat_q, box_q, normal_q = [], [], []  # (kind or None, region, feature)
     for start in range(0, len(df), batch_size):
         chunk = df.iloc[start:start + batch_size]
         images = [np.asarray(cache[index[s]], dtype=np.float32) / 255.0 for s in chunk["sample_id"]]
         ids = list(chunk["dicom_id"])
+        for pred, fs in zip(predictor.predict(images, ids, prompts=list(FINDING_PROMPTS.values())), chunk["findings"]):
+            tally.add_presence(pred, fs)
         boxes = [[f["box"] for f in fs] for fs in chunk["findings"]]
-        found = predictor.predict(images, ids, prompts=[FINDING_PROMPTS[k] for k in kinds])
-        for pred, fs in zip(found, chunk["findings"]):
-            present_kinds = {f["kind"] for f in fs}
-            for k, q in zip(kinds, pred.queries):
-                scores[k].append(q.score)
-                has[k].append(k in present_kinds)
-        preds = predictor.predict(images, ids, prompts=names, boxes=boxes)
-        for pred, (_, row) in zip(preds, chunk.iterrows()):
-            by_name = dict(zip(names, pred.queries[: len(names)]))
-            for name, q in by_name.items():
-                truth = row["anat_boxes"].get(name)
-                if truth is None:
-                    continue
-                shown = q.box if q.present else best_candidate(q)
-                best_iou.append(float(box_iou_xyxy(np.array([best_candidate(q)]), np.array([truth]))[0, 0]))
-                drawn_iou.append(float(box_iou_xyxy(np.array([shown]), np.array([truth]))[0, 0]))
-                drawn.append(q.present)
-                per_anatomy[name].append((best_iou[-1], q.present))
-            for f, q in zip(row["findings"], pred.queries[len(names):]):
-                region = f["regions"][0]
-                anat_q.append((f["kind"], region, by_name[region].features))
-                box_q.append((f["kind"], region, q.features))
-            for region in FINDING_REGIONS:
-                if row["anat_labels"].get(region) == ["normal"]:
-                    normal_q.append((None, region, by_name[region].features))
+        for pred, (_, row) in zip(predictor.predict(images, ids, prompts=names, boxes=boxes), chunk.iterrows()):
+            tally.add_anatomy(pred, row, FINDING_REGIONS)
 
     can_describe = model.txt_decoder is not None and model.decode is not None
 
-    def describe(queries):
-        if not queries or not can_describe:
-            return []
-        feats = torch.tensor([f for _, _, f in queries], dtype=torch.float32, device=predictor.device)
-        out = []
-        for start in range(0, len(feats), 256):
-            out += model.describe(feats[start:start + 256], max_new_tokens=max_new_tokens)
-        return out
+    def describe(queries: list[tuple]) -> list[str]:
+        return _describe(model, queries, predictor.device, max_new_tokens)
 
-    def sentence_measure(queries, sentences) -> dict:
-        if not can_describe:
-            return {"right": float("nan"), "regions": 0, "per_kind": {}, "examples": []}
-        right = [sentence_is_right(s, k, r) for (k, r, _), s in zip(queries, sentences)]
-        per_kind = {}
-        for (k, _, _), ok in zip(queries, right):
-            per_kind.setdefault(k, []).append(ok)
-        return {"right": float(np.mean(right)) if right else float("nan"), "regions": len(right),
-                "per_kind": {k: float(np.mean(v)) for k, v in sorted(per_kind.items())},
-                "examples": [{"kind": k, "region": r, "generated": s}
-                             for (k, r, _), s in list(zip(queries, sentences))[:6]]}
-
-    normal_said = describe(normal_q)
-    auroc = {k: presence_auroc(np.array(scores[k]), np.array(has[k])) for k in kinds}
+    normal_said = describe(tally.normal_q)
     return {
         "images": len(df),
-        "presence_auroc": auroc,
-        "anatomy_sentences": sentence_measure(anat_q, describe(anat_q)),
-        "box_sentences": sentence_measure(box_q, describe(box_q)),
-        "normal_clean": float(np.mean([not affirmed_kinds(s) for s in normal_said])) if normal_said else float("nan"),
+        "presence_auroc": {k: presence_auroc(np.array(tally.scores[k]), np.array(tally.has[k])) for k in tally.kinds},
+        "anatomy_sentences": _sentence_measure(tally.anat_q, describe(tally.anat_q), can_describe),
+        "box_sentences": _sentence_measure(tally.box_q, describe(tally.box_q), can_describe),
+        "normal_clean": _mean([not affirmed_kinds(s) for s in normal_said]),
         "normal_regions": len(normal_said),
-        "anatomy_best_iou": float(np.mean(best_iou)) if best_iou else float("nan"),
-        "anatomy_drawn_iou": float(np.mean(drawn_iou)) if drawn_iou else float("nan"),
-        "anatomy_drawn": float(np.mean(drawn)) if drawn else float("nan"),
-        "anatomy_pairs": len(best_iou),
-        "per_anatomy": {n: {"best_iou": float(np.mean([v[0] for v in vs])), "drawn": float(np.mean([v[1] for v in vs]))}
-                        for n, vs in per_anatomy.items() if vs},
+        "anatomy_best_iou": _mean(tally.best_iou),
+        "anatomy_drawn_iou": _mean(tally.drawn_iou),
+        "anatomy_drawn": _mean(tally.drawn),
+        "anatomy_pairs": len(tally.best_iou),
+        "per_anatomy": {n: {"best_iou": _mean([v[0] for v in vs]), "drawn": _mean([v[1] for v in vs])}
+                        for n, vs in tally.per_anatomy.items() if vs},
     }
 
 
