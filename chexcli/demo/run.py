@@ -47,10 +47,11 @@ class DemoPlan:
     predict_images: int = 3
     eval_images: int | None = None
     workers: int = 1
-    # torch threads of the four training stages (None: the process's). The model is small, so an
-    # update is mostly per-operation overhead on one core; a second OpenMP thread competes with
-    # the data-loader process for the second core (2 cores: stage 1 167 s on one thread, 192 s
-    # on two; stage 3 69 s against 89 s). The pretraining's convolutions keep every thread.
+    # torch threads of the four training stages (None: the process's). One thread makes the
+    # stages' float rounding independent of the machine's core count (only the pretraining,
+    # whose convolutions keep every thread, still depends on it) at no measured cost: on 2 cores,
+    # with the data-loader process beside it, 250 stage-1 updates of 32 took 67.5 / 63.8 s on one
+    # thread and 68.5 / 58.8 s on two (alternating runs; docs/demo.md).
     stage_threads: int | None = 1
     # recipe changes for a model trained from random weights on a small synthetic set
     # (see docs/demo.md): less dropout, larger learning rates, detection weighted up
