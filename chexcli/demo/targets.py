@@ -90,8 +90,9 @@ class _Tally:
             truth = row["anat_boxes"].get(name)
             if truth is None:
                 continue
-            shown = q.box if q.present else best_candidate(q)
-            best = float(box_iou_xyxy(np.array([best_candidate(q)]), np.array([truth]))[0, 0])
+            candidate = best_candidate(q)
+            shown = q.box if q.present else candidate
+            best = float(box_iou_xyxy(np.array([candidate]), np.array([truth]))[0, 0])
             self.best_iou.append(best)
             self.drawn_iou.append(float(box_iou_xyxy(np.array([shown]), np.array([truth]))[0, 0]))
             self.drawn.append(q.present)
@@ -105,9 +106,13 @@ class _Tally:
                 self.normal_q.append((None, region, by_name[region].features))
 
 
+def _mean(values: list) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
 def _describe(model, queries: list[tuple], device, max_new_tokens: int) -> list[str]:
-    """Greedy sentences of the queries' region features, 256 at a time ([] without a generator)."""
-    if not queries or model.txt_decoder is None or model.decode is None:
+    """Greedy sentences of the queries' region features, 256 at a time."""
+    if not queries:
         return []
     feats = torch.tensor([f for _, _, f in queries], dtype=torch.float32, device=device)
     out: list[str] = []
@@ -126,14 +131,10 @@ def _sentence_measure(queries: list[tuple], sentences: list[str], can_describe: 
     per_kind: dict[str, list[bool]] = {}
     for (k, _, _), ok in zip(queries, right):
         per_kind.setdefault(k, []).append(ok)
-    return {"right": float(np.mean(right)) if right else float("nan"), "regions": len(right),
+    return {"right": _mean(right), "regions": len(right),
             "per_kind": {k: float(np.mean(v)) for k, v in sorted(per_kind.items())},
             "examples": [{"kind": k, "region": r, "generated": s}
                          for (k, r, _), s in list(zip(queries, sentences))[:6]]}
-
-
-def _mean(values: list) -> float:
-    return float(np.mean(values)) if values else float("nan")
 
 
 def measure_targets(model, data_dir, split: str = "test", max_images: int | None = 200, batch_size: int = 16,
@@ -161,8 +162,8 @@ def measure_targets(model, data_dir, split: str = "test", max_images: int | None
 
     can_describe = model.txt_decoder is not None and model.decode is not None
 
-    def describe(queries: list[tuple]) -> list[str]:
-        return _describe(model, queries, predictor.device, max_new_tokens)
+    def describe(queries: list[tuple]) -> list[str]:  # nothing without a generator
+        return _describe(model, queries, predictor.device, max_new_tokens) if can_describe else []
 
     normal_said = describe(tally.normal_q)
     return {
