@@ -10,7 +10,7 @@ from chexcli.data.synthetic.drawing import render
 from chexcli.data.synthetic.report import finding_regions, scene_text
 from chexcli.data.synthetic.sampling import sample_scene
 
-GENERATOR_VERSION = 7  # bumped whenever the same seed would draw different data
+GENERATOR_VERSION = 8  # bumped whenever the same seed would draw different data
 
 
 def split_of(index: int) -> str:

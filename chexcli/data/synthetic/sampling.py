@@ -69,7 +69,7 @@ def _sample_lung_finding(sc: Scene, kind: str, rng: np.random.Generator) -> Find
                 continue
             if kind == "nodule":
                 r = float(rng.uniform(15.0, 21.0))  # 20-30 px: about one patch of a ViT-B/32 at 224
-                c = _point_in_zone(sc, side, zone, r + 2, rng)
+                c = _point_in_zone(sc, side, zone, r + 2, rng, depth=0.7 * r)
                 if c is not None:
                     return Finding(kind, side, zone, "small" if r < 17 else "",
                                    {"u": c[0], "v": c[1], "r": r, "amp": float(rng.uniform(0.45, 0.55))})
@@ -77,22 +77,24 @@ def _sample_lung_finding(sc: Scene, kind: str, rng: np.random.Generator) -> Find
                 # an ill-defined patch larger than a nodule, away from the hilum whose shadow it
                 # would otherwise merge with
                 ru, rv = float(rng.uniform(28, 38)), float(rng.uniform(28, 38))
-                c = _point_in_zone(sc, side, zone, 0.5 * min(ru, rv), rng, lateral=0.35)
+                c = _point_in_zone(sc, side, zone, 0.5 * min(ru, rv), rng, lateral=0.35, depth=0.4 * rv)
                 if c is not None:
                     return Finding(kind, side, zone, "", {"u": c[0], "v": c[1], "ru": ru, "rv": rv,
-                                                          "amp": float(rng.uniform(0.42, 0.5)),
+                                                          "amp": float(rng.uniform(0.55, 0.65)),
                                                           "texture": int(rng.integers(0, 2**31))})
     return None
 
 
 def _point_in_zone(sc: Scene, side: str, zone: str, margin: float, rng,
-                   lateral: float = 0.0) -> tuple[float, float] | None:
+                   lateral: float = 0.0, depth: float = 0.0) -> tuple[float, float] | None:
     """A point of the lung zone whose circle of radius ``margin`` lies inside the lung, in the
-    outer ``1 - lateral`` of the hemithorax's width."""
+    outer ``1 - lateral`` of the hemithorax's width, at least ``depth`` (canonical units) and
+    5 % of the lung's height inside the zone's upper and lower borders."""
     a, b = ZONES[zone]
+    inset = max(0.05, depth / sc.lung_height(side))
     ang = np.linspace(0, 2 * math.pi, 12, endpoint=False)
     for _ in range(60):
-        t = rng.uniform(a + 0.05, b - 0.05)
+        t = rng.uniform(a + inset, b - inset)
         v = sc.v_top + t * sc.lung_height(side)
         u = SIGN[side] * rng.uniform(sc.m + lateral * (sc.w[side] - sc.m), sc.w[side])
         pu = np.concatenate([[u], u + margin * np.cos(ang)])
