@@ -74,8 +74,9 @@ def _sample_lung_finding(sc: Scene, kind: str, rng: np.random.Generator) -> Find
                     return Finding(kind, side, zone, "small" if r < 17 else "",
                                    {"u": c[0], "v": c[1], "r": r, "amp": float(rng.uniform(0.45, 0.55))})
             else:
-                # an ill-defined patch larger than a nodule, away from the hilum whose shadow it
-                # would otherwise merge with
+                # an ill-defined, patchy density larger than a nodule, away from the hilum whose
+                # shadow it would otherwise merge with, its centre far enough inside the zone
+                # that the zone its sentence names holds most of it (docs/demo.md)
                 ru, rv = float(rng.uniform(28, 38)), float(rng.uniform(28, 38))
                 c = _point_in_zone(sc, side, zone, 0.5 * min(ru, rv), rng, lateral=0.35, depth=0.4 * rv)
                 if c is not None:
