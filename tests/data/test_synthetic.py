@@ -131,6 +131,7 @@ def test_nodules_and_opacities_sit_in_the_zone_their_sentence_names():
     for kind, shares in inside.items():
         assert len(shares) >= 50 and min(shares) >= 0.7, (kind, len(shares), min(shares))
 
+
 def _only(sc, finding):
     import copy
 
