@@ -54,14 +54,16 @@ class DemoPlan:
     # thread and 68.5 / 58.8 s on two (alternating runs; docs/demo.md).
     stage_threads: int | None = 1
     # recipe changes for a model trained from random weights on a small synthetic set
-    # (see docs/demo.md): less dropout, larger learning rates, detection weighted up, and
-    # region classification against 2 sampled negative classes instead of 10 (each negative
-    # class adds its "No X" prompt to a region's positives, so with 10 the finding's own
-    # prompt got 1/11 of the pull and the anatomy prompts' features missed findings)
+    # (see docs/demo.md): less dropout, larger learning rates, detection weighted up (with
+    # pathology detection at 30 a stage 1 could end with every finding box parked on one lung,
+    # the region weights then scoring that lung only), and region classification against 2
+    # sampled negative classes instead of 10 (each negative class adds its "No X" prompt to a
+    # region's positives, so with 10 the finding's own prompt got 1/11 of the pull and the
+    # anatomy prompts' features missed findings)
     common: tuple[str, ...] = ("model.dropout_scale=0", "run.log_every=10", "data.augmentation=none",
                                "run.cache_frozen_encodings=true")
     stage1: tuple[str, ...] = ("model.image_encoder_trainable_blocks=0", "optim.lr=2e-3", "optim.warmup_steps=20",
-                               "loss.anatomy_detection=5.0", "loss.pathology_detection=30.0",
+                               "loss.anatomy_detection=15.0", "loss.pathology_detection=90.0",
                                "loss.anatomy_classification=30.0", "supervision.anatomy_cls_negatives=2",
                                "model.train_text_encoder=false", "loss.global_contrastive=0",
                                "loss.sentence_contrastive=0", "supervision.randomize_prompts=false",
