@@ -56,7 +56,8 @@ class DemoPlan:
     # recipe changes for a model trained from random weights on a small synthetic set
     # (see docs/demo.md): less dropout, larger learning rates, detection weighted up (with
     # pathology detection at 30 a stage 1 could end with every finding box parked on one lung,
-    # the region weights then scoring that lung only), and region classification against 2
+    # the region weights then scoring that lung only) and region classification with it (it
+    # shapes the anatomy prompts' features that the sentences come from), against 2
     # sampled negative classes instead of 10 (each negative class adds its "No X" prompt to a
     # region's positives, so with 10 the finding's own prompt got 1/11 of the pull and the
     # anatomy prompts' features missed findings)
@@ -64,7 +65,7 @@ class DemoPlan:
                                "run.cache_frozen_encodings=true")
     stage1: tuple[str, ...] = ("model.image_encoder_trainable_blocks=0", "optim.lr=2e-3", "optim.warmup_steps=20",
                                "loss.anatomy_detection=15.0", "loss.pathology_detection=90.0",
-                               "loss.anatomy_classification=30.0", "supervision.anatomy_cls_negatives=2",
+                               "loss.anatomy_classification=45.0", "supervision.anatomy_cls_negatives=2",
                                "model.train_text_encoder=false", "loss.global_contrastive=0",
                                "loss.sentence_contrastive=0", "supervision.randomize_prompts=false",
                                "supervision.pathology_box_subsample=22", "supervision.pathology_label_subsample=22")
