@@ -31,8 +31,8 @@ import torch
 
 from chexcli.boxes import box_iou_xyxy
 from chexcli.data.images.cache import open_cache
+from chexcli.demo.checks import presence_auroc
 from chexcli.demo.targets import FINDING_PROMPTS, best_candidate, load_split
-from chexcli.metrics.classification import binary_auroc
 from chexcli.model.bundle import load_bundle
 from chexcli.predict import Predictor
 
@@ -40,29 +40,31 @@ LATERAL = ("nodule", "opacity", "consolidation", "effusion", "pneumothorax")
 
 
 def read_split(bundle: Path, data: Path, images: int | None, batch: int = 32):
-    """(per image: {kind: (score, highest-weight box (4,) pixels)}, per image: its findings)."""
+    """(per image: {kind: (score, highest-weight box (4,) pixels)}, per image: its findings,
+    image width in pixels)."""
     predictor = Predictor(load_bundle(bundle), generate=False)
     df = load_split(data, "test", images)
     cache, index = open_cache(data)
     kinds = list(FINDING_PROMPTS)
-    answers, truths = [], []
+    answers, truths, width = [], [], 0
     for start in range(0, len(df), batch):
         chunk = df.iloc[start:start + batch]
         pixels = [np.asarray(cache[index[s]], dtype=np.float32) / 255 for s in chunk.sample_id]
+        width = pixels[0].shape[1]
         preds = predictor.predict(pixels, list(chunk.dicom_id), prompts=[FINDING_PROMPTS[k] for k in kinds])
         for pred, findings in zip(preds, chunk.findings):
             answers.append({k: (q.score, best_candidate(q)) for k, q in zip(kinds, pred.queries)})
             truths.append(findings)
-    return answers, truths
+    return answers, truths, width
 
 
-def summarise(answers: list[dict], truths: list[list[dict]], width: int = 256) -> dict:
+def summarise(answers: list[dict], truths: list[list[dict]], width: int) -> dict:
     out = {"presence_auroc": {}, "same_side": {}, "iou": {}, "images": len(answers)}
     for kind in FINDING_PROMPTS:
         has = [any(f["kind"] == kind for f in fs) for fs in truths]
-        scores = torch.tensor([a[kind][0] for a in answers])
-        if 0 < sum(has) < len(has):
-            out["presence_auroc"][kind] = round(float(binary_auroc(scores, torch.tensor(has))), 3)
+        auroc = presence_auroc(np.array([a[kind][0] for a in answers]), has)
+        if not np.isnan(auroc):
+            out["presence_auroc"][kind] = round(float(auroc), 3)
         ious, sides = [], {"right": [0, 0], "left": [0, 0]}
         for answer, fs in zip(answers, truths):
             for f in (f for f in fs if f["kind"] == kind):
@@ -88,8 +90,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    answers, truths = read_split(args.bundle, args.data, args.images)
-    print(json.dumps(summarise(answers, truths)))
+    answers, truths, width = read_split(args.bundle, args.data, args.images)
+    print(json.dumps(summarise(answers, truths, width)))
 
 
 if __name__ == "__main__":
