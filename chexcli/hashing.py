@@ -1,9 +1,11 @@
-"""File digests."""
+"""File and tensor digests."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+import torch
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -13,3 +15,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def tensor_digest(t: torch.Tensor) -> bytes:
+    """t (...) on the CPU -> 16-byte BLAKE2b digest of its dtype, shape and values."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.contiguous().numpy())
+    return h.digest()

@@ -55,11 +55,12 @@ AUGMENTATION = {  # TrainTransform options per recipe `data.augmentation`
 
 
 def training_dataset(folders: list[Path], configs: list[str], size: int, seed: int, swap_laterality: bool,
-                     augment_multiboxes: bool, augmentation: str = "reference"):
+                     augment_multiboxes: bool, augmentation: str = "reference", image_digests: bool = False):
     """The recipe's training data: one ChexDataset, or a MixedDataset of several (stage 1).
 
     augmentation: "reference" (docs/training.md#augmentation), "light" (milder crop, no blur) or "none"
-    (the evaluation transform).
+    (the evaluation transform). image_digests: samples carry their image's digest (`x_digest`),
+    for a run that caches a frozen tower's encodings.
     """
     from chexcli.data.transforms import TrainTransform
 
@@ -74,7 +75,8 @@ def training_dataset(folders: list[Path], configs: list[str], size: int, seed: i
             raise ChexError(f"the recipe needs dataset {name} ({table}.train.csv), which none of the --data "
                             f"folders holds; prepare it (`{hint}`) and add --data FOLDER")
         ds = ChexDataset(folder, name, "train", transform="eval", size=size, seed=seed,
-                         swap_laterality=swap_laterality, augment_multiboxes=augment_multiboxes)
+                         swap_laterality=swap_laterality, augment_multiboxes=augment_multiboxes,
+                         image_digests=image_digests)
         if augmentation != "none":
             ds.transform = TrainTransform(size, swap_laterality=swap_laterality, anatomy_names=ds.anat_names,
                                           **AUGMENTATION[augmentation])

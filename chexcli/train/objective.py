@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chexcli.data.names import multibox_mapping
-from chexcli.train.encoding_cache import FrozenEncodingCache, is_frozen, shared_cache
+from chexcli.train.encoding_cache import FrozenEncodingCache, caches_frozen_encodings, is_frozen, shared_cache
 from chexcli.train.generation import generation_losses
 from chexcli.train.prompts import anatomy_bank, pathology_banks
 from chexcli.train.loss_terms import LossTerms
@@ -61,7 +61,7 @@ class ChexObjective(nn.Module):
         if self.cache_encodings and is_frozen(self.model.img_encoder):
             if self.encodings is None:
                 self.encodings = shared_cache(self.model.img_encoder, self.model.device)
-            enc = self.encodings.encode(self.model, batch["x"])
+            enc = self.encodings.encode(self.model, batch["x"], batch.get("x_digest"))
         else:
             enc = self.model.encode_image(batch["x"].to(self.model.device, non_blocking=True))
         terms = LossTerms()
@@ -166,9 +166,8 @@ def make_objective(stage: str, model, recipe: dict, names: tuple[list[str], list
     classes, anatomies, multi = names
     options = SupervisionOptions(**recipe["supervision"])
     # without augmentation a frozen image tower sees the same image tensors every epoch
-    cache = recipe["run"].get("cache_frozen_encodings") and recipe["data"].get("augmentation") == "none"
     return ChexObjective(model, LossWeights(**recipe["loss"]), options, classes, anatomies,
-                         multi if options.use_multiboxes else [], bool(cache))
+                         multi if options.use_multiboxes else [], caches_frozen_encodings(recipe))
 
 
 __all__ = ["ChexObjective", "TxtgenObjective", "make_objective"]

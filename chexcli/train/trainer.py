@@ -35,6 +35,7 @@ from chexcli.train.best_bundle import BestMetric
 from chexcli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from chexcli.train.data_setup import ShardedBatchSampler, dataset_names, shard_index, text_corpus, training_dataset
 from chexcli.train.distributed import DistInfo
+from chexcli.train.encoding_cache import caches_frozen_encodings
 from chexcli.train.freezing import apply_freezing
 from chexcli.train.loss_terms import RunningSums
 from chexcli.train.metrics_log import MetricsLog
@@ -141,7 +142,8 @@ class TrainingData:
             raise ChexError(f"--batch-size {optim['batch_size']} must be divisible by the {info.world} processes")
         micro, accumulation = optim["batch_size"] // info.world, int(optim["accumulation_steps"])
         dataset = training_dataset(spec.folders, data["train"], IMAGE_SIZE, spec.seed, data["swap_laterality"],
-                                   data["augment_multiboxes"], data.get("augmentation", "reference"))
+                                   data["augment_multiboxes"], data.get("augmentation", "reference"),
+                                   image_digests=caches_frozen_encodings(spec.recipe))
         sampler = ShardedBatchSampler(len(dataset), micro, accumulation, info.world, info.rank, spec.seed)
         return cls(dataset, sampler, micro, accumulation)
 

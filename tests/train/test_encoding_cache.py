@@ -115,3 +115,25 @@ def test_token_cache_gives_the_tokenizer_ids(tiny_model):
     assert short.tolist() == [[7, *tok.encode(texts[1], add_special_tokens=False)[:2], 8]]  # keeps its end token
     empty, empty_mask = encode_targets(tok, [], 0, 0, 0)
     assert empty.shape == (0, 1) and empty_mask.shape == (0, 1)
+
+
+def test_digests_from_the_data_loader_key_the_same_entries(cnn_model, synth):
+    """A training set with image_digests computes each image's key in the loader worker: the
+    batch's x_digest equals what the cache would compute, so the training process need not hash."""
+    from chexcli.data.dataset import collate
+    from chexcli.train.data_setup import training_dataset
+
+    model = _frozen(cnn_model)
+    plain = training_dataset([synth], ["mimiccxr_reports_cig_multiboxclssent"], 224, 0, True, True, "none")
+    assert "x_digest" not in plain[0]
+    digesting = training_dataset([synth], ["mimiccxr_reports_cig_multiboxclssent"], 224, 0, True, True, "none",
+                                 image_digests=True)
+    batch = collate([digesting[i] for i in range(4)])
+    assert batch["x_digest"] == [image_digest(x) for x in batch["x"]]
+    cache = FrozenEncodingCache()
+    first = cache.encode(model, batch["x"])  # keys computed here
+    second = cache.encode(model, batch["x"], batch["x_digest"])  # keys from the loader: all hits
+    assert (cache.misses, cache.hits) == (4, 4)
+    torch.testing.assert_close(first.patch_features, second.patch_features)
+    with pytest.raises(ValueError, match="3 image digests for 4 images"):
+        cache.encode(model, batch["x"], batch["x_digest"][:3])

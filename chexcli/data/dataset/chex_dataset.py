@@ -36,6 +36,7 @@ from chexcli.data.processed.findings import folder_class_names
 from chexcli.data.processed.manifest import read_manifest
 from chexcli.data.transforms import EvalTransform, Targets, TrainTransform, laterality_permutation, swap_left_right
 from chexcli.errors import ChexError
+from chexcli.hashing import tensor_digest
 
 
 class ChexDataset(Dataset):
@@ -46,12 +47,16 @@ class ChexDataset(Dataset):
     sentences (default True; False reproduces the reference, quirk 10).
     ``augment_multiboxes``: transform multi-anatomy boxes with the image (default True;
     False gives the reference's un-augmented targets, quirk 9).
+    ``image_digests``: also return ``x_digest``, the 16-byte digest of the image tensor
+    (``chexcli.hashing.tensor_digest``), computed in the data-loader worker for the training
+    process's cache of frozen-tower encodings (chexcli.train.encoding_cache).
     """
 
     def __init__(self, folder: str | Path, config: str | DatasetConfig, split: str = "train",
                  transform="eval", size: int = 224, seed: int = 0, swap_laterality: bool = True,
-                 augment_multiboxes: bool = True, cache_side: int | None = None):
+                 augment_multiboxes: bool = True, cache_side: int | None = None, image_digests: bool = False):
         self.folder = Path(folder)
+        self.image_digests = image_digests
         self.cfg = get_config(config) if isinstance(config, str) else config
         self.split = split
         if split not in SPLIT_FILE:
@@ -120,6 +125,8 @@ class ChexDataset(Dataset):
         x, t = self.transform(img, t, rng)
         swap = t.flipped and self.swap_laterality
         out["x"] = x
+        if self.image_digests:
+            out["x_digest"] = tensor_digest(x)
 
         if self.cfg.sentences:
             sents = json.loads(row["report_sentences"])

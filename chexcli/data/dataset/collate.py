@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 # keys whose values stay Python lists in a batch
-_LIST_KEYS = {"sample_id", "sentences", "target_anat_sentences", "target_cls_boxes", "target_cls_box_sentences",
+_LIST_KEYS = {"sample_id", "x_digest", "sentences", "target_anat_sentences", "target_cls_boxes", "target_cls_box_sentences",
               "grounded_sentences", "target_sentence_boxes", "dataset_name"}
 
 
