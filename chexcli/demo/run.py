@@ -53,9 +53,6 @@ class DemoPlan:
     # with the data-loader process beside it, 250 stage-1 updates of 32 took 67.5 / 63.8 s on one
     # thread and 68.5 / 58.8 s on two (alternating runs; docs/demo.md).
     stage_threads: int | None = 1
-    # stage 1 runs 1500 updates of 28 (was 1000 of 32): the detector's boxes and region weights
-    # were still improving when the schedule ended (seed 2: presence AUROC of opacities 0.85 ->
-    # 0.91, anatomy best-candidate IoU 0.737 -> 0.761; docs/demo.md), for about 45 s more
     # recipe changes for a model trained from random weights on a small synthetic set
     # (see docs/demo.md): less dropout, larger learning rates, detection weighted up (with
     # pathology detection at 30 a stage 1 could end with every finding box parked on one lung,
@@ -82,6 +79,9 @@ class DemoPlan:
                                "supervision.generation_sampling=balanced", "supervision.max_generated_sentences=32")
 
 
+# stage 1 runs 1500 updates of 28 (was 1000 of 32): the detector's boxes and region weights
+# were still improving when the schedule ended (seed 2: presence AUROC of opacities 0.85 ->
+# 0.91, anatomy best-candidate IoU 0.737 -> 0.761; docs/demo.md), for about 45 s more
 FULL = DemoPlan(images=4000, model_config="demo-cnn", pretrain_steps=1000, text_pretrain_steps=150, stage1_steps=1500,
                 txtgen_steps=300, stage2_steps=150, stage3_steps=1000, stage1_batch_size=28, stage3_batch_size=16)
 QUICK = DemoPlan(images=120, model_config="demo-cnn", pretrain_steps=3, text_pretrain_steps=3, stage1_steps=3,
