@@ -11,7 +11,8 @@ image is a new key (a miss, and then a new entry until the memory cap is reached
 The trainer uses one only with `run.cache_frozen_encodings: true` and no augmentation
 (`caches_frozen_encodings`); its training set then computes each image's digest in the
 data-loader worker (`x_digest` of a sample), beside the training process, which would
-otherwise hash every batch again (about 8 ms of a 120 ms stage-1 update of 32 on the demo's CPU).
+otherwise hash every batch again (5-8 ms of a 90-120 ms cached stage-1 update of 28-32 on
+the demo's CPU, one thread).
 
 `shared_cache` keeps one cache per process for the tower's exact weights: consecutive runs
 in one process whose frozen tower is the same (`chex demo`'s stages 1, 2 and 3, all on the
