@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # a tensor comes in from the caller; fetching files needs no torch
+    import torch
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
